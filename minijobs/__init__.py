@@ -1,0 +1,78 @@
+"""minijobs: durable background jobs on SQLite, in-process, standard library only."""
+
+from .app import App, BoundJob, EnqueueRequest, JobFunction, JobRef
+from .backoff import Backoff
+from .clock import Clock, SystemClock
+from .context import JobContext, current_job
+from .errors import (
+    Cancelled,
+    ConfigurationError,
+    CorruptDatabaseError,
+    DatabaseBusyError,
+    InvalidNameError,
+    InvalidStateError,
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+    MinijobsError,
+    PayloadTypeError,
+    PayloadValueError,
+    Retry,
+    SchemaVersionError,
+    StorageFullError,
+    StoreError,
+    UnknownJobError,
+    WaitTimeoutError,
+)
+from .events import Event, EventHub
+from .executors import AsyncExecutor, Executor
+from .job import AttemptError, Job, JobState, Progress
+from .plugin import Plugin, PluginScope
+from .queue import Queue
+from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "App",
+    "AsyncExecutor",
+    "AttemptError",
+    "Backoff",
+    "BoundJob",
+    "Cancelled",
+    "Clock",
+    "ConfigurationError",
+    "CorruptDatabaseError",
+    "DatabaseBusyError",
+    "EnqueueRequest",
+    "Event",
+    "EventHub",
+    "Executor",
+    "InvalidNameError",
+    "InvalidStateError",
+    "Job",
+    "JobContext",
+    "JobFailedError",
+    "JobFunction",
+    "JobNotFoundError",
+    "JobRef",
+    "JobState",
+    "JobTimeoutError",
+    "MinijobsError",
+    "PayloadTypeError",
+    "PayloadValueError",
+    "Plugin",
+    "PluginScope",
+    "Progress",
+    "Queue",
+    "Retry",
+    "SchemaVersionError",
+    "StorageFullError",
+    "StoreError",
+    "SystemClock",
+    "UnknownJobError",
+    "WaitTimeoutError",
+    "Worker",
+    "__version__",
+    "current_job",
+)

@@ -1,0 +1,631 @@
+"""The facade users touch: :class:`App` (registry, enqueue, inspect, run) and :class:`JobRef`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from . import payload
+from .backoff import Backoff
+from .clock import Clock, ObservableClock, SystemClock
+from .errors import ConfigurationError, InvalidNameError, WaitTimeoutError
+from .events import EventHub
+from .job import Job, JobState
+from .names import check_job_name, check_queue_name
+from .plugin import Plugin
+from .queue import Queue
+from .store import Durability, NewJob, SQLiteStore
+from .worker import Worker
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """Per-enqueue settings; defaults come from the ``@app.job`` decorator."""
+
+    queue: str
+    priority: int
+    max_attempts: int
+    timeout_s: float | None
+    unique_key: str | None = None
+    delay_s: float | None = None
+    run_at: datetime | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _check_spec(spec: JobSpec) -> None:
+    check_queue_name(spec.queue)
+    if isinstance(spec.priority, bool) or not isinstance(spec.priority, int) or not -(2**31) <= spec.priority < 2**31:
+        raise ConfigurationError(f"priority must be an int within 32 bits, got {spec.priority!r}")
+    if isinstance(spec.max_attempts, bool) or not isinstance(spec.max_attempts, int) or spec.max_attempts < 1:
+        raise ConfigurationError(f"max_attempts must be an int >= 1, got {spec.max_attempts!r}")
+    if spec.timeout_s is not None and not _positive(spec.timeout_s):
+        raise ConfigurationError(f"timeout_s must be a positive number, got {spec.timeout_s!r}")
+    if spec.delay_s is not None and not (_number(spec.delay_s) and spec.delay_s >= 0):
+        raise ConfigurationError(f"delay_s must be a number >= 0, got {spec.delay_s!r}")
+    if spec.delay_s is not None and spec.run_at is not None:
+        raise ConfigurationError("give delay_s or run_at, not both")
+    if spec.run_at is not None and (not isinstance(spec.run_at, datetime) or spec.run_at.utcoffset() is None):
+        raise ConfigurationError("run_at must be a timezone-aware datetime")
+    if spec.unique_key is not None and (not isinstance(spec.unique_key, str) or not 0 < len(spec.unique_key) <= 512):
+        raise ConfigurationError("unique_key must be a non-empty str of at most 512 characters")
+
+
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    """One job to enqueue, built by ``fn.prepare(...)`` for :meth:`App.enqueue_many`."""
+
+    function: JobFunction[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    spec: JobSpec
+
+
+class JobFunction(Generic[P, R]):
+    """What ``@app.job`` returns: still callable as the plain function, plus enqueue methods."""
+
+    def __init__(
+        self, app: App, func: Callable[P, R], *, name: str, spec: JobSpec, retry: Backoff | None
+    ) -> None:
+        self.app = app
+        self.func = func
+        self.name = name
+        self.spec = spec
+        self.retry = retry
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def options(
+        self,
+        *,
+        queue: str = _UNSET,
+        priority: int = _UNSET,
+        max_attempts: int = _UNSET,
+        timeout_s: float | None = _UNSET,
+        unique_key: str | None = _UNSET,
+        delay_s: float | None = _UNSET,
+        run_at: datetime | None = _UNSET,
+        meta: Mapping[str, Any] = _UNSET,
+    ) -> BoundJob[P, R]:
+        """Override settings for one enqueue: ``fn.options(priority=5, delay_s=10).enqueue(...)``."""
+        changes = {k: v for k, v in locals().items() if k != "self" and v is not _UNSET}
+        spec = JobSpec(**{**_spec_dict(self.spec), **changes})
+        _check_spec(spec)
+        return BoundJob(self, spec)
+
+    def prepare(self, *args: P.args, **kwargs: P.kwargs) -> EnqueueRequest:
+        return EnqueueRequest(self, args, dict(kwargs), self.spec)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobRef:
+        return self.app._enqueue_one(self, args, kwargs, self.spec)
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> JobRef:
+        return self.app._enqueue_one(self, args, kwargs, self.spec)
+
+    def __repr__(self) -> str:
+        return f"<JobFunction {self.name} queue={self.spec.queue!r}>"
+
+
+def _spec_dict(spec: JobSpec) -> dict[str, Any]:
+    return {name: getattr(spec, name) for name in JobSpec.__slots__}  # type: ignore[attr-defined]
+
+
+class BoundJob(Generic[P, R]):
+    """A job function with per-enqueue options applied."""
+
+    __slots__ = ("function", "spec")
+
+    def __init__(self, function: JobFunction[P, R], spec: JobSpec) -> None:
+        self.function = function
+        self.spec = spec
+
+    def prepare(self, *args: P.args, **kwargs: P.kwargs) -> EnqueueRequest:
+        return EnqueueRequest(self.function, args, dict(kwargs), self.spec)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobRef:
+        return self.function.app._enqueue_one(self.function, args, kwargs, self.spec)
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> JobRef:
+        return self.function.app._enqueue_one(self.function, args, kwargs, self.spec)
+
+
+class JobRef:
+    """A handle on an enqueued job.  ``created`` is False when a unique key matched a live job."""
+
+    __slots__ = ("id", "app", "created")
+
+    def __init__(self, app: App, job_id: int, *, created: bool = True) -> None:
+        self.app = app
+        self.id = job_id
+        self.created = created
+
+    def get(self) -> Job:
+        return self.app.get(self.id)
+
+    def cancel(self) -> Job:
+        return self.app.cancel(self.id)
+
+    def wait(self, *, timeout_s: float | None = None) -> Job:
+        """Block until the job is succeeded, failed or cancelled; return it.
+
+        Raises :class:`~minijobs.WaitTimeoutError` after ``timeout_s`` (real seconds).
+        """
+        return self.app._wait(self.id, timeout_s)
+
+    async def wait_async(self, *, timeout_s: float | None = None) -> Job:
+        return await self.app._wait_async(self.id, timeout_s)
+
+    def __repr__(self) -> str:
+        return f"JobRef(id={self.id})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobRef) and other.id == self.id and other.app is self.app
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+class App:
+    """A minijobs application: a SQLite file, the queues this process serves, plugins and a job registry.
+
+    Opening the file is lazy (first use or :meth:`open`), so an app can be
+    defined at import time in a module that process-pool children re-import.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "minijobs.sqlite3",
+        *,
+        queues: Sequence[Queue] | None = None,
+        plugins: Sequence[Plugin] | None = None,
+        clock: Clock | None = None,
+        durability: Durability = "normal",
+        busy_timeout_s: float = 5.0,
+        lease_s: float = 30.0,
+        grace_s: float = 30.0,
+        poll_interval_s: float = 0.005,
+        max_payload_bytes: int = payload.DEFAULT_MAX_BYTES,
+        file_mode: int | None = 0o600,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.queues: tuple[Queue, ...] = tuple(queues) if queues is not None else (Queue("default"),)
+        names = [q.name for q in self.queues]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"queue names must be unique, got {names}")
+        if not all(isinstance(q, Queue) for q in self.queues):
+            raise ConfigurationError("queues must be minijobs.Queue instances")
+        self.plugins: tuple[Plugin, ...] = tuple(plugins) if plugins is not None else ()
+        self._check_plugins()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        if durability not in ("normal", "full"):
+            raise ConfigurationError(f"durability must be 'normal' or 'full', got {durability!r}")
+        for label, value in (("busy_timeout_s", busy_timeout_s), ("lease_s", lease_s), ("poll_interval_s", poll_interval_s)):
+            if not _positive(value):
+                raise ConfigurationError(f"{label} must be a positive number, got {value!r}")
+        if not (_number(grace_s) and grace_s >= 0):
+            raise ConfigurationError(f"grace_s must be a number >= 0, got {grace_s!r}")
+        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 64:
+            raise ConfigurationError(f"max_payload_bytes must be an int >= 64, got {max_payload_bytes!r}")
+        self.durability: Durability = durability
+        self.busy_timeout_s = busy_timeout_s
+        self.lease_s = lease_s
+        self.grace_s = grace_s
+        self.poll_interval_s = poll_interval_s
+        self.max_payload_bytes = max_payload_bytes
+        self.file_mode = file_mode
+        self.registry: dict[str, JobFunction[..., Any]] = {}
+        self.events = EventHub()
+        self._store: SQLiteStore | None = None
+        self._open_lock = threading.Lock()
+        self._workers: set[Worker] = set()
+        self._workers_lock = threading.Lock()
+        self._finished = threading.Condition()
+        self._finished_generation = 0
+
+    def _check_plugins(self) -> None:
+        ids = [p.get_identifier() for p in self.plugins]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ConfigurationError(f"plugins configured twice: {duplicates}")
+        for plugin in self.plugins:
+            missing = [d for d in plugin.get_dependencies() if d not in ids]
+            if missing:
+                raise ConfigurationError(f"plugin {plugin.get_identifier()} needs {missing}, which are not configured")
+
+    # -- storage -------------------------------------------------------------
+
+    @property
+    def store(self) -> SQLiteStore:
+        store = self._store
+        if store is None:
+            store = self.open()
+        return store
+
+    def open(self) -> SQLiteStore:
+        """Open (creating and migrating if needed) the database now; errors surface here."""
+        with self._open_lock:
+            if self._store is None:
+                store = SQLiteStore(
+                    self.path, durability=self.durability, busy_timeout_s=self.busy_timeout_s, file_mode=self.file_mode
+                )
+                for plugin in self.plugins:
+                    plugin.migrate(self)
+                self._store = store if self._store is None else self._store
+            return self._store
+
+    def close(self) -> None:
+        with self._open_lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def __enter__(self) -> App:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- registry ------------------------------------------------------------
+
+    @overload
+    def job(self, func: Callable[P, R], /) -> JobFunction[P, R]: ...
+
+    @overload
+    def job(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = 1,
+        timeout_s: float | None = None,
+        retry: Backoff | None = None,
+    ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
+
+    def job(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = 1,
+        timeout_s: float | None = None,
+        retry: Backoff | None = None,
+    ) -> Any:
+        """Register a job function (``async def`` or plain ``def``) under ``name``.
+
+        The default name is ``module.qualname``.  Jobs are looked up by this
+        name when they run; nothing is ever imported from a name in the database.
+        """
+        spec = JobSpec(queue=queue, priority=priority, max_attempts=max_attempts, timeout_s=timeout_s)
+        _check_spec(spec)
+        if retry is not None and not isinstance(retry, Backoff):
+            raise ConfigurationError(f"retry must be a minijobs.Backoff, got {type(retry).__name__}")
+
+        def register(fn: Callable[..., Any]) -> JobFunction[..., Any]:
+            if not callable(fn):
+                raise TypeError(f"@app.job needs a function, got {fn!r}")
+            job_name = check_job_name(name if name is not None else f"{fn.__module__}.{fn.__qualname__}")
+            existing = self.registry.get(job_name)
+            if existing is not None and existing.func is not fn and _code_of(existing.func) != _code_of(fn):
+                raise ConfigurationError(f"a different function is already registered as {job_name!r}")
+            wrapped = JobFunction(self, fn, name=job_name, spec=spec, retry=retry)
+            self.registry[job_name] = wrapped
+            return wrapped
+
+        return register(func) if func is not None else register
+
+    # -- enqueue ---------------------------------------------------------------
+
+    def _new_row(self, function: JobFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], spec: JobSpec, now: float) -> NewJob:
+        if function.app is not self:
+            raise ConfigurationError(f"job {function.name!r} is registered on another App")
+        text = payload.encode_call(args, kwargs, max_bytes=self.max_payload_bytes)
+        if spec.run_at is not None:
+            scheduled = spec.run_at.timestamp()
+        elif spec.delay_s:
+            scheduled = now + spec.delay_s
+        else:
+            scheduled = now
+        meta = "{}" if not spec.meta else payload.encode(dict(spec.meta), what="meta", max_bytes=self.max_payload_bytes)
+        return NewJob(
+            name=function.name,
+            queue=spec.queue,
+            payload=text,
+            priority=spec.priority,
+            max_attempts=spec.max_attempts,
+            timeout_s=spec.timeout_s,
+            scheduled_at=scheduled,
+            created_at=now,
+            unique_key=spec.unique_key,
+            meta=meta,
+        )
+
+    def _enqueue_one(self, function: JobFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], spec: JobSpec) -> JobRef:
+        row = self._new_row(function, args, kwargs, spec, self.clock.now())
+        ((job_id, created),) = self.store.enqueue([row])
+        self._after_enqueue([job_id] if created else [])
+        return JobRef(self, job_id, created=created)
+
+    def enqueue_many(self, requests: Iterable[EnqueueRequest]) -> list[JobRef]:
+        """Enqueue many jobs in one transaction: all are written or none."""
+        now = self.clock.now()
+        rows = []
+        for request in requests:
+            if not isinstance(request, EnqueueRequest):
+                raise TypeError(f"enqueue_many takes fn.prepare(...) requests, got {type(request).__name__}")
+            rows.append(self._new_row(request.function, request.args, request.kwargs, request.spec, now))
+        results = self.store.enqueue(rows)
+        self._after_enqueue([job_id for job_id, created in results if created])
+        return [JobRef(self, job_id, created=created) for job_id, created in results]
+
+    async def enqueue_many_async(self, requests: Iterable[EnqueueRequest]) -> list[JobRef]:
+        return self.enqueue_many(requests)
+
+    def _after_enqueue(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        for worker in self._workers:
+            worker.wake()
+        if self.events.wants("job.enqueued"):
+            self.events.emit("job.enqueued", job_ids=ids)
+
+    # -- inspect and control ---------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        """The job with ``job_id``; raises :class:`~minijobs.JobNotFoundError`."""
+        return self.store.get(_check_id(job_id))
+
+    def jobs(
+        self,
+        *,
+        state: JobState | str | Sequence[JobState | str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Jobs filtered by state(s), queue and name, newest first."""
+        states: list[str] | None = None
+        if state is not None:
+            raw = [state] if isinstance(state, str) else list(state)
+            try:
+                states = [JobState(s).value for s in raw]
+            except ValueError:
+                raise ValueError(f"unknown job state in {raw!r}; states are {[s.value for s in JobState]}") from None
+        if queue is not None:
+            check_queue_name(queue)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        return self.store.list_jobs(states=states, queue=queue, name=name, limit=limit, offset=offset)
+
+    def cancel(self, job_id: int) -> Job:
+        """Cancel a job.  Pending jobs never run; a running job is stopped by its worker
+        (hard for async and process jobs, cooperative for threads).  Finished jobs are left as they are."""
+        job = self.store.cancel(_check_id(job_id), now=self.clock.now())
+        if job.state is JobState.RUNNING:
+            for worker in self._workers:
+                worker.request_cancel(job.id)
+            self.events.emit("job.cancel_requested", job_id=job.id)
+        elif job.state is JobState.CANCELLED:
+            self.notify_finished([job.id])
+        return job
+
+    def retry(self, job_id: int) -> Job:
+        """Put a finished job back in its queue now (granting one more attempt if needed)."""
+        job = self.store.retry(_check_id(job_id), now=self.clock.now())
+        self._after_enqueue([job.id])
+        self.events.emit("job.retried", job_id=job.id)
+        return job
+
+    def pause_queue(self, name: str) -> None:
+        """Stop claiming from ``name`` in every process; running jobs finish."""
+        self.store.set_paused(check_queue_name(name), True)
+        self.events.emit("queue.paused", queue=name)
+
+    def resume_queue(self, name: str) -> None:
+        self.store.set_paused(check_queue_name(name), False)
+        for worker in self._workers:
+            worker.wake()
+        self.events.emit("queue.resumed", queue=name)
+
+    # -- waiting ---------------------------------------------------------------
+
+    def notify_finished(self, job_ids: Sequence[int]) -> None:
+        """Called by workers after outcomes are written, to wake ``JobRef.wait`` callers."""
+        if not job_ids:
+            return
+        with self._finished:
+            self._finished_generation += 1
+            self._finished.notify_all()
+
+    def _wait(self, job_id: int, timeout_s: float | None) -> Job:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            with self._finished:
+                generation = self._finished_generation
+            job = self.get(job_id)
+            if job.state.is_terminal:
+                return job
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeoutError(f"job {job_id} is still {job.state} after {timeout_s} s")
+            # Same-process completions notify at once; other processes' are polled.
+            pause = 0.02 if remaining is None else min(0.02, remaining)
+            with self._finished:
+                if self._finished_generation == generation:
+                    self._finished.wait(pause)
+
+    async def _wait_async(self, job_id: int, timeout_s: float | None) -> Job:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        pause = 0.001
+        while True:
+            job = self.get(job_id)
+            if job.state.is_terminal:
+                return job
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeoutError(f"job {job_id} is still {job.state} after {timeout_s} s")
+            await asyncio.sleep(pause if remaining is None else min(pause, remaining))
+            pause = min(0.02, pause * 2)
+
+    # -- workers -------------------------------------------------------------------
+
+    def attach_worker(self, worker: Worker) -> None:
+        with self._workers_lock:
+            self._workers = {*self._workers, worker}
+
+    def detach_worker(self, worker: Worker) -> None:
+        with self._workers_lock:
+            self._workers = self._workers - {worker}
+
+    def listen_clock(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Subscribe to jumps of an observable (test) clock; returns an unsubscribe function."""
+        clock = self.clock
+        if not isinstance(clock, ObservableClock):
+            return None
+        clock.add_listener(callback)
+        return lambda: clock.remove_listener(callback)
+
+    def drain(self, *, queues: Sequence[str] | None = None, raise_on_failure: bool = False) -> int:
+        """Run every due job to completion in this process and return how many attempts ran.
+
+        Only jobs due now (by the app's clock) run; a retry scheduled for later
+        is left for a later drain.  With ``raise_on_failure``, the first job that
+        ends failed raises :class:`~minijobs.JobFailedError` (after outcomes are written).
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.drain_async(queues=queues, raise_on_failure=raise_on_failure))
+        raise RuntimeError("drain() called inside a running event loop; use await app.drain_async()")
+
+    async def drain_async(self, *, queues: Sequence[str] | None = None, raise_on_failure: bool = False) -> int:
+        worker = Worker(self, queues=queues, burst=True, raise_on_failure=raise_on_failure, grace_s=0)
+        await worker.run()
+        return worker.jobs_finished
+
+    @contextlib.contextmanager
+    def running(self, **options: Any) -> Iterator[Worker]:
+        """Run a worker in a background thread for the duration of the block (for sync apps).
+
+        No signal handlers are installed; leaving the block stops the worker
+        gracefully (running jobs get ``grace_s`` to finish, then are released).
+        """
+        worker = Worker(self, **options)
+        failure: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                asyncio.run(worker.run())
+            except BaseException as exc:
+                failure.append(exc)
+                logger.exception("worker thread %s crashed", worker.id)
+            finally:
+                worker.started.set()
+
+        thread = threading.Thread(target=target, name=f"minijobs-worker-{worker.id}", daemon=True)
+        self.open()
+        thread.start()
+        worker.started.wait()
+        if failure:
+            thread.join()
+            raise failure[0]
+        try:
+            yield worker
+        finally:
+            worker.stop()
+            thread.join()
+        if failure:
+            raise failure[0]
+
+    @contextlib.asynccontextmanager
+    async def worker(self, **options: Any) -> AsyncIterator[Worker]:
+        """Run a worker as a task in the caller's event loop for the duration of the block."""
+        worker = Worker(self, **options)
+        self.open()
+        task = asyncio.create_task(worker.run(), name=f"minijobs-worker-{worker.id}")
+        started = asyncio.ensure_future(asyncio.to_thread(worker.started.wait))
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            started.cancel()
+            await task  # raises the start-up error
+        try:
+            yield worker
+        finally:
+            worker.stop()
+            await task
+
+    def run_worker(self, **options: Any) -> None:
+        """Run a worker in the foreground until SIGTERM or SIGINT (a second signal stops at once)."""
+        worker = Worker(self, **options)
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            signals = 0
+
+            def on_signal(signum: int) -> None:
+                nonlocal signals
+                signals += 1
+                logger.info("received %s; %s", signal.Signals(signum).name,
+                            "stopping gracefully" if signals == 1 else "stopping now")
+                worker.stop(now=signals > 1)
+
+            installed = []
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, on_signal, sig)
+                    installed.append(sig)
+            try:
+                await worker.run()
+            finally:
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
+
+        self.open()
+        asyncio.run(main())
+
+    def __repr__(self) -> str:
+        return f"<minijobs.App {self.path!r} queues={[q.name for q in self.queues]}>"
+
+
+def _check_id(job_id: object) -> int:
+    if isinstance(job_id, bool) or not isinstance(job_id, int):
+        raise TypeError(f"job id must be an int, got {type(job_id).__name__}")
+    return job_id
+
+
+def _code_of(fn: Callable[..., Any]) -> Any:
+    return getattr(inspect.unwrap(fn), "__code__", None)

@@ -1,0 +1,107 @@
+"""Every exception minijobs raises, rooted at :class:`MinijobsError`.
+
+Errors raised because of bad input also subclass the matching builtin
+(``TypeError``, ``ValueError``, ``LookupError``, ``TimeoutError``) so callers
+that already catch those keep working.  ``Retry`` and ``Cancelled`` are
+control-flow signals a job raises; they are not failures.
+"""
+
+from __future__ import annotations
+
+
+class MinijobsError(Exception):
+    """Root of every error raised by minijobs."""
+
+
+class PayloadTypeError(MinijobsError, TypeError):
+    """Job arguments or a result hold a value JSON cannot round-trip exactly."""
+
+
+class PayloadValueError(MinijobsError, ValueError):
+    """Job arguments are JSON-typed but unacceptable (NaN, too deep, too large)."""
+
+
+class InvalidNameError(MinijobsError, ValueError):
+    """A queue or job name is empty, too long or has characters outside the allowed set."""
+
+
+class ConfigurationError(MinijobsError, ValueError):
+    """An option given to App, Queue, a job or a plugin is out of range or inconsistent."""
+
+
+class UnknownJobError(MinijobsError, LookupError):
+    """A job name is not in this process's registry (never imported from a string)."""
+
+
+class JobNotFoundError(MinijobsError, LookupError):
+    """No job has the given id."""
+
+
+class InvalidStateError(MinijobsError):
+    """The job is not in a state that allows the requested operation."""
+
+
+class WaitTimeoutError(MinijobsError, TimeoutError):
+    """``JobRef.wait`` ran out of time before the job reached a terminal state."""
+
+
+class JobTimeoutError(MinijobsError, TimeoutError):
+    """A job ran longer than its ``timeout_s``; recorded as a failed attempt."""
+
+
+class JobFailedError(MinijobsError):
+    """Raised by ``drain(raise_on_failure=True)`` for the first job that failed."""
+
+    def __init__(self, message: str, *, job_id: int) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class StoreError(MinijobsError):
+    """The SQLite store could not complete an operation."""
+
+
+class DatabaseBusyError(StoreError, TimeoutError):
+    """Another connection held the write lock for longer than the busy timeout."""
+
+
+class StorageFullError(StoreError, OSError):
+    """The disk (or a file size limit) is full; nothing was written."""
+
+
+class CorruptDatabaseError(StoreError):
+    """The file is not a SQLite database or is damaged."""
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by a newer minijobs than this one."""
+
+
+class Retry(Exception):
+    """Raise inside a job to ask for another attempt after ``delay_s`` seconds.
+
+    It consumes an attempt: once ``max_attempts`` is reached the job fails,
+    so a job that always raises ``Retry`` cannot loop forever.
+    """
+
+    def __init__(self, delay_s: float | None = None, message: str = "") -> None:
+        super().__init__(message or f"retry requested (delay_s={delay_s})")
+        if delay_s is not None and not delay_s >= 0:
+            raise ConfigurationError(f"Retry delay_s must be >= 0, got {delay_s!r}")
+        self.delay_s = delay_s
+
+
+class Cancelled(Exception):
+    """Raised by ``current_job().check_cancelled()`` once the job was cancelled.
+
+    Deliberately not an ``asyncio.CancelledError``: it is an ordinary exception a
+    thread job can raise to stop cooperatively.
+    """
+
+
+class JobReleased(MinijobsError):
+    """The worker stopped before the job finished; the job goes back to its queue unharmed."""
+
+
+class LeaseLostError(MinijobsError):
+    """The worker lost the job's lease to another worker; this attempt's outcome is discarded."""

@@ -1,0 +1,101 @@
+"""The default executor: each job is an asyncio task in the worker's loop.
+
+Timeouts and cancellation are hard for ``async def`` jobs (the task is
+cancelled at its next ``await``).  Plain ``def`` jobs run in a small thread
+pool so they cannot block the loop; for them, as in any thread, cancellation is
+cooperative (see :class:`~minijobs.ThreadExecutor`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from ..context import reset_current, set_current
+from ..job import Job
+from .base import CancelReason, Executor
+
+if TYPE_CHECKING:
+    from ..queue import Queue
+    from ..worker import Worker
+
+
+class AsyncExecutor(Executor):
+    """Runs jobs as asyncio tasks; ``sync_threads`` bounds the pool used for plain ``def`` jobs."""
+
+    def __init__(self, worker: Worker, queue: Queue, *, sync_threads: int = 8) -> None:
+        super().__init__(worker, queue)
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._reasons: dict[int, CancelReason] = {}
+        self._sync_threads = sync_threads
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def push(self, job: Job) -> None:
+        job = self.on_job_starting(job)
+        task = self.worker.loop.create_task(self._run(job))
+        self._tasks[job.id] = task
+
+    async def _run(self, job: Job) -> None:
+        ctx = self.make_context(job)
+        token = set_current(ctx)
+        timer = None
+        if job.timeout_s is not None:
+            timer = self.worker.loop.call_later(job.timeout_s, functools.partial(self.cancel, job.id, reason="timeout"))
+        exc: BaseException | None = None
+        result: Any = None
+        try:
+            func, args, kwargs = self.get_function_and_kwargs(job)
+            if inspect.iscoroutinefunction(func):
+                result = await func(*args, **kwargs)
+            else:
+                result = await self._run_sync(func, args, kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except asyncio.CancelledError:
+            reason = self._reasons.get(job.id, "shutdown")
+            exc = self.exception_for(reason, job)
+        except Exception as error:
+            exc = error
+        finally:
+            if timer is not None:
+                timer.cancel()
+            reset_current(token)
+            self._tasks.pop(job.id, None)
+        reason = self._reasons.pop(job.id, None)
+        if exc is None and reason is not None:
+            # The job swallowed its cancellation; the reason still decides the outcome.
+            exc = self.exception_for(reason, job)
+        self.on_job_completed(job, exc=exc, result=result)
+
+    async def _run_sync(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._sync_threads, thread_name_prefix=f"minijobs-{self.queue.name}"
+            )
+        call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+        return await self.worker.loop.run_in_executor(self._pool, call)
+
+    def cancel(self, job_id: int, *, reason: CancelReason = "cancel") -> None:
+        task = self._tasks.get(job_id)
+        if task is None or job_id in self._reasons:
+            return
+        self._reasons[job_id] = reason
+        ctx = self.contexts.get(job_id)
+        if ctx is not None:
+            ctx._request_cancel()
+        task.cancel()
+
+    async def stop(self, *, grace_s: float) -> None:
+        await self.wait_or_hurry(list(self._tasks.values()), grace_s)
+        for job_id in list(self._tasks):
+            self.cancel(job_id, reason="shutdown")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()))
+        if self._pool is not None:
+            # Threads cannot be killed: abandon jobs still running in them (already released).
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

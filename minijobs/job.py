@@ -1,0 +1,102 @@
+"""Immutable views of jobs as stored: :class:`Job`, :class:`JobState`, :class:`Progress`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    """Life cycle of a job.
+
+    ``pending`` and ``retrying`` are runnable once ``scheduled_at`` is due;
+    ``succeeded``, ``failed`` and ``cancelled`` are terminal.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+TERMINAL_STATES = tuple(sorted(_TERMINAL))
+LIVE_STATES = (JobState.PENDING, JobState.RUNNING, JobState.RETRYING)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """What a running job last reported through ``current_job().set_progress``."""
+
+    done: float
+    total: float | None = None
+    message: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(1.0, max(0.0, self.done / self.total))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptError:
+    """One failed attempt: which attempt, what was raised, and its traceback."""
+
+    attempt: int
+    type: str
+    message: str
+    traceback: str
+    at: datetime
+
+
+def to_datetime(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """A snapshot of one job row.
+
+    Snapshots never change; hooks that want a different job return
+    ``job.replace(...)``.  Timestamps are timezone-aware UTC.
+    """
+
+    id: int
+    name: str
+    queue: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: JobState
+    priority: int
+    attempts: int
+    max_attempts: int
+    scheduled_at: datetime
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    result: Any = None
+    errors: tuple[AttemptError, ...] = ()
+    progress: Progress | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    unique_key: str | None = None
+    timeout_s: float | None = None
+    rescues: int = 0
+    cancel_requested: bool = False
+    lease_owner: str | None = None
+
+    def replace(self, **changes: Any) -> Job:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state.is_terminal

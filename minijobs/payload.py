@@ -1,0 +1,143 @@
+"""JSON encoding of job arguments and results, strict enough to round-trip exactly.
+
+A value is accepted only if ``json.loads(json.dumps(value)) == value`` *and*
+has the same types: tuples (which come back as lists), non-string dict keys
+(which come back as strings), NaN/Infinity (not JSON), sets, bytes, datetimes
+and arbitrary objects are refused with a message that names where the bad
+value sits.  Refusing at enqueue is what lets a job see in production exactly
+the arguments it was called with in a test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .errors import PayloadTypeError, PayloadValueError
+
+MAX_DEPTH = 64
+DEFAULT_MAX_BYTES = 1_000_000
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True)
+_encode = _encoder.encode
+_decode = json.loads
+
+
+def encode(
+    value: Any, *, what: str = "value", max_bytes: int | None = None, roots: dict[str, Any] | None = None
+) -> str:
+    """Serialise ``value`` to compact JSON or raise a typed error naming the culprit.
+
+    ``roots`` names the parts of ``value`` for error messages (e.g. ``args`` and ``kwargs``).
+    """
+    try:
+        text = _encode(value)
+    except (TypeError, ValueError, RecursionError):
+        _explain_roots(value, what, roots)
+        raise PayloadTypeError(f"{what} is not JSON-serialisable") from None
+    # json.dumps already refused sets, bytes, objects and NaN; what it converts
+    # silently (tuples, int keys, subclasses such as IntEnum) needs a walk.
+    if _maybe_lossy(value):
+        _explain_roots(value, what, roots)
+    if text.count("[") + text.count("{") > MAX_DEPTH:
+        _check_depth(value, what)
+    if max_bytes is not None and len(text) > max_bytes and len(text.encode()) > max_bytes:
+        raise PayloadValueError(f"{what} is {len(text.encode())} bytes of JSON, over the {max_bytes}-byte limit")
+    return text
+
+
+def decode(text: str) -> Any:
+    return _decode(text)
+
+
+def _maybe_lossy(value: Any) -> bool:
+    """True if ``value`` holds a type that compares equal after a JSON round trip but is not the same."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            for key, sub in item.items():
+                if type(key) is not str:
+                    return True
+                if type(sub) not in _PLAIN:
+                    stack.append(sub)
+        elif kind is list:
+            stack.extend(sub for sub in item if type(sub) not in _PLAIN)
+        elif kind not in _PLAIN:
+            return True
+    return False
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _explain_roots(value: Any, what: str, roots: dict[str, Any] | None) -> None:
+    for name, part in (roots or {what: value}).items():
+        _explain(part, name, what)
+
+
+def _explain(value: Any, root: str, what: str) -> None:
+    """Walk ``value`` and raise a precise error for the first value JSON would not keep."""
+    stack: list[tuple[Any, str, int]] = [(value, root, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise PayloadValueError(f"{what} is nested deeper than {MAX_DEPTH} levels (at {path})")
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item):
+                raise PayloadValueError(f"{path} is {item!r}, which JSON cannot represent")
+        elif kind in _PLAIN:
+            continue
+        elif kind is list:
+            stack.extend((sub, f"{path}[{i}]", depth + 1) for i, sub in enumerate(item))
+        elif kind is dict:
+            for key, sub in item.items():
+                if type(key) is not str:
+                    raise PayloadTypeError(
+                        f"{path} has key {key!r} of type {type(key).__name__}; JSON object keys must be str"
+                    )
+                stack.append((sub, f"{path}[{key!r}]", depth + 1))
+        elif kind is tuple:
+            raise PayloadTypeError(f"{path} is a tuple, which JSON turns into a list; pass a list")
+        else:
+            raise PayloadTypeError(
+                f"{path} is of type {kind.__module__}.{kind.__qualname__}, which does not round-trip through JSON"
+            )
+
+
+def _check_depth(value: Any, what: str) -> None:
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise PayloadValueError(f"{what} is nested deeper than {MAX_DEPTH} levels")
+        if type(item) is list:
+            stack.extend((sub, depth + 1) for sub in item)
+        elif type(item) is dict:
+            stack.extend((sub, depth + 1) for sub in item.values())
+
+
+def encode_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *, max_bytes: int) -> str:
+    """Encode a job's arguments as the stored payload ``{"args": [...], "kwargs": {...}}``."""
+    args = list(args)
+    return encode(
+        {"args": args, "kwargs": kwargs},
+        what="job arguments",
+        max_bytes=max_bytes,
+        roots={"args": args, "kwargs": kwargs},
+    )
+
+
+def decode_call(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Inverse of :func:`encode_call`; raises ``PayloadValueError`` for anything else."""
+    try:
+        data = _decode(text)
+        args, kwargs = data["args"], data["kwargs"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PayloadValueError(f"stored payload is not valid job arguments: {exc}") from None
+    if type(args) is not list or type(kwargs) is not dict:
+        raise PayloadValueError("stored payload is not valid job arguments: wrong shape")
+    return tuple(args), kwargs

@@ -1,0 +1,799 @@
+"""All SQL of minijobs, behind domain verbs: enqueue, claim, finish, release, cancel, retry, recover, prune.
+
+One :class:`SQLiteStore` per :class:`~minijobs.App` holds one connection,
+shared by the app's threads under a lock.  Writes that read before they write
+run in ``BEGIN IMMEDIATE`` (the write lock is taken up front, never upgraded
+from a read), and a claim is a single ``UPDATE … RETURNING``, so several
+processes may share one file without two of them claiming the same job.
+Completion writes are fenced by ``(lease_owner, attempts)``: a worker whose
+lease was taken away cannot overwrite a newer attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from . import payload
+from .errors import (
+    CorruptDatabaseError,
+    DatabaseBusyError,
+    InvalidStateError,
+    JobNotFoundError,
+    SchemaVersionError,
+    StorageFullError,
+    StoreError,
+)
+from .job import AttemptError, Job, JobState, Progress, to_datetime
+
+logger = logging.getLogger(__name__)
+
+Durability = Literal["normal", "full"]
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+#: Schema of the core tables; each entry migrates from version i to i + 1.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE minijobs_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 1,
+        timeout_s REAL,
+        scheduled_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        completed_at REAL,
+        result TEXT,
+        errors TEXT NOT NULL DEFAULT '[]',
+        progress TEXT,
+        meta TEXT NOT NULL DEFAULT '{}',
+        unique_key TEXT,
+        lease_owner TEXT,
+        lease_expires_at REAL,
+        rescues INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX minijobs_jobs_runnable ON minijobs_jobs (queue, priority DESC, id, scheduled_at)
+        WHERE state IN ('pending', 'retrying');
+    CREATE INDEX minijobs_jobs_leases ON minijobs_jobs (lease_expires_at) WHERE state = 'running';
+    CREATE INDEX minijobs_jobs_owner ON minijobs_jobs (lease_owner) WHERE state = 'running';
+    CREATE INDEX minijobs_jobs_finished ON minijobs_jobs (completed_at)
+        WHERE state IN ('succeeded', 'failed', 'cancelled');
+    CREATE UNIQUE INDEX minijobs_jobs_unique_live ON minijobs_jobs (unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('pending', 'running', 'retrying');
+    CREATE TABLE minijobs_queues (
+        name TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    """,
+)
+
+_JOB_COLUMNS = (
+    "id, name, queue, payload, state, priority, attempts, max_attempts, timeout_s, scheduled_at, created_at, "
+    "started_at, completed_at, result, errors, progress, meta, unique_key, rescues, cancel_requested, lease_owner"
+)
+
+_RUNNABLE = "state IN ('pending', 'retrying')"
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated row to insert; built by the app, written by :meth:`SQLiteStore.enqueue`."""
+
+    name: str
+    queue: str
+    payload: str
+    priority: int
+    max_attempts: int
+    timeout_s: float | None
+    scheduled_at: float
+    created_at: float
+    unique_key: str | None
+    meta: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The end of one attempt, as written by :meth:`SQLiteStore.finish`.
+
+    ``state`` is succeeded, failed, cancelled or retrying (then ``scheduled_at``
+    is when to run again).  ``error`` is a JSON object appended to the job's errors.
+    """
+
+    job_id: int
+    owner: str
+    attempt: int
+    state: JobState
+    completed_at: float | None
+    result: str | None = None
+    error: str | None = None
+    scheduled_at: float | None = None
+    progress: str | None = None
+
+
+def _job_from_row(row: Sequence[Any]) -> Job:
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    try:
+        args, kwargs = payload.decode_call(row[3])
+    except Exception:
+        # An undecodable payload must not hide the row: the worker fails such a job clearly.
+        args, kwargs = (), {"__undecodable_payload__": row[3] if isinstance(row[3], str) else repr(row[3])}
+    errors_text = row[14]
+    meta_text = row[16]
+    return Job(
+        id=row[0],
+        name=row[1],
+        queue=row[2],
+        args=args,
+        kwargs=kwargs,
+        state=JobState(row[4]),
+        priority=row[5],
+        attempts=row[6],
+        max_attempts=row[7],
+        timeout_s=row[8],
+        scheduled_at=to_datetime(row[9]),  # type: ignore[arg-type]
+        created_at=to_datetime(row[10]),  # type: ignore[arg-type]
+        started_at=to_datetime(row[11]),
+        completed_at=to_datetime(row[12]),
+        result=None if row[13] is None else json.loads(row[13]),
+        errors=() if errors_text == "[]" else _parse_errors(errors_text),
+        progress=None if row[15] is None else _parse_progress(row[15]),
+        meta={} if meta_text == "{}" else json.loads(meta_text),
+        unique_key=row[17],
+        rescues=row[18],
+        cancel_requested=bool(row[19]),
+        lease_owner=row[20],
+    )
+
+
+def _parse_errors(text: str) -> tuple[AttemptError, ...]:
+    return tuple(
+        AttemptError(
+            attempt=item.get("attempt", 0),
+            type=item.get("type", ""),
+            message=item.get("message", ""),
+            traceback=item.get("traceback", ""),
+            at=to_datetime(item.get("at", 0.0)),  # type: ignore[arg-type]
+        )
+        for item in json.loads(text)
+    )
+
+
+def _parse_progress(text: str) -> Progress:
+    data = json.loads(text)
+    return Progress(done=data.get("done", 0), total=data.get("total"), message=data.get("message"))
+
+
+def _translate(exc: sqlite3.Error, what: str) -> StoreError:
+    """Map a sqlite3 error to a typed minijobs error with a message that says what to do."""
+    message = str(exc)
+    lowered = message.lower()
+    code = getattr(exc, "sqlite_errorcode", None)
+    if "locked" in lowered or "busy" in lowered or code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return DatabaseBusyError(
+            f"{what}: the database stayed locked by another connection past the busy timeout ({message})"
+        )
+    if "full" in lowered or code == sqlite3.SQLITE_FULL:
+        return StorageFullError(f"{what}: the disk or file-size limit is full; nothing was written ({message})")
+    if "not a database" in lowered or "malformed" in lowered or code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        return CorruptDatabaseError(f"{what}: the database file is damaged or not a SQLite database ({message})")
+    return StoreError(f"{what}: {message}")
+
+
+class SQLiteStore:
+    """The SQLite file behind an app.  Thread-safe; one per process and path is plenty."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability = "normal",
+        busy_timeout_s: float = 5.0,
+        file_mode: int | None = 0o600,
+    ) -> None:
+        if durability not in ("normal", "full"):
+            raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
+        self.path = str(path)
+        self.is_memory = self.path == ":memory:" or self.path.startswith("file::memory:")
+        self.durability: Durability = durability
+        self.busy_timeout_s = busy_timeout_s
+        self._lock = threading.RLock()
+        if not self.is_memory:
+            self._prepare_file(file_mode)
+        try:
+            self._conn = self._connect()
+            self._configure(self._conn)
+            self.migrate_component("minijobs", MIGRATIONS)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            raise _translate(exc, f"opening {self.path}") from exc
+
+    # -- connection set-up -------------------------------------------------
+
+    def _prepare_file(self, file_mode: int | None) -> None:
+        """Create the file with owner-only permissions and refuse files that are not SQLite."""
+        p = Path(self.path)
+        if p.exists():
+            if p.is_dir():
+                raise StoreError(f"{self.path} is a directory, not a database file")
+            size = p.stat().st_size
+            if size:
+                with p.open("rb") as fh:
+                    header = fh.read(16)
+                if header != _SQLITE_MAGIC:
+                    raise CorruptDatabaseError(f"{self.path} is not a SQLite database (bad header)")
+            return
+        if file_mode is not None:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_EXCL, file_mode)
+            os.close(fd)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=256,
+            uri=self.path.startswith("file:"),
+        )
+        return conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        """Apply pragmas and read every one back: SQLite ignores settings it cannot apply."""
+        if not self.is_memory:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"could not switch {self.path} to WAL journal mode (got {mode!r})")
+        want_sync = {"normal": 1, "full": 2}[self.durability]
+        conn.execute(f"PRAGMA synchronous={want_sync}")
+        got_sync = conn.execute("PRAGMA synchronous").fetchone()[0]
+        if got_sync != want_sync:
+            raise StoreError(f"PRAGMA synchronous={want_sync} did not take (read back {got_sync})")
+        busy_ms = int(self.busy_timeout_s * 1000)
+        conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+        if conn.execute("PRAGMA busy_timeout").fetchone()[0] != busy_ms:
+            raise StoreError("PRAGMA busy_timeout did not take")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        # Verify the file is readable now, so a damaged file fails at open and not mid-job.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def open_watcher(self) -> ChangeWatcher | None:
+        """A second connection that tells cheaply whether another connection committed.
+
+        None for in-memory databases: only this process can write them, and it
+        wakes its workers directly.
+        """
+        if self.is_memory:
+            return None
+        return ChangeWatcher(self.path, self.busy_timeout_s)
+
+    # -- transactions ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """Run the body in ``BEGIN IMMEDIATE``; commit, or roll back and raise a typed error."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _translate(exc, what) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise _translate(exc, what) from exc
+                raise
+
+    @contextlib.contextmanager
+    def _read(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise _translate(exc, what) from exc
+
+    # -- schema ------------------------------------------------------------
+
+    def schema_version(self, component: str) -> int:
+        with self._read("reading schema version") as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='minijobs_schema'"
+            ).fetchone()
+            if not exists:
+                return 0
+            row = conn.execute("SELECT version FROM minijobs_schema WHERE component=?", (component,)).fetchone()
+            return 0 if row is None else int(row[0])
+
+    def migrate_component(self, component: str, migrations: Sequence[str], *, to_version: int | None = None) -> int:
+        """Bring ``component``'s tables to ``to_version`` (default: latest); return the version.
+
+        Each step runs in its own ``BEGIN IMMEDIATE`` transaction, so processes
+        starting together migrate once.  A database newer than this code is refused.
+        """
+        target = len(migrations) if to_version is None else to_version
+        if not 0 <= target <= len(migrations):
+            raise ValueError(f"{component}: no schema version {target} (latest is {len(migrations)})")
+        while True:
+            with self._write(f"migrating {component}") as conn:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS minijobs_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+                )
+                row = conn.execute("SELECT version FROM minijobs_schema WHERE component=?", (component,)).fetchone()
+                current = 0 if row is None else int(row[0])
+                if current > len(migrations):
+                    raise SchemaVersionError(
+                        f"{self.path}: {component} schema is version {current}, newer than this "
+                        f"minijobs knows ({len(migrations)}); upgrade minijobs"
+                    )
+                if current >= target:
+                    return current
+                for statement in _split_sql(migrations[current]):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO minijobs_schema (component, version) VALUES (?, ?) "
+                    "ON CONFLICT (component) DO UPDATE SET version=excluded.version",
+                    (component, current + 1),
+                )
+                logger.info("migrated %s schema of %s to version %d", component, self.path, current + 1)
+
+    def execute_write(self, what: str, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """Run one statement of a plugin's own tables in a write transaction; return rows changed."""
+        with self._write(what) as conn:
+            return conn.execute(sql, params).rowcount
+
+    def query(self, what: str, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query (for plugins' own tables)."""
+        with self._read(what) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    @contextlib.contextmanager
+    def transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction for plugins that own tables and need several statements."""
+        with self._write(what) as conn:
+            yield conn
+
+    # -- enqueue -----------------------------------------------------------
+
+    def enqueue(self, rows: Sequence[NewJob]) -> list[tuple[int, bool]]:
+        """Insert jobs in one transaction; return ``(id, created)`` per row, in order.
+
+        A row whose ``unique_key`` already has a live job returns that job's id
+        with ``created=False``; the partial unique index makes this hold across
+        processes racing on the same key.
+        """
+        if not rows:
+            return []
+        if len(rows) == 1 and rows[0].unique_key is None:
+            # Autocommit single statement: the cheapest durable insert SQLite offers.
+            with self._read("enqueue") as conn:
+                (job_id,) = conn.execute(_INSERT_RETURNING, _insert_params(rows[0])).fetchone()
+            return [(job_id, True)]
+        with self._write("enqueue") as conn:
+            if all(row.unique_key is None for row in rows):
+                before = _sequence(conn)
+                conn.executemany(_INSERT, [_insert_params(row) for row in rows])
+                after = _sequence(conn)
+                if after - before != len(rows):  # pragma: no cover - AUTOINCREMENT guarantees this
+                    raise StoreError("bulk enqueue allocated non-contiguous ids")
+                return [(job_id, True) for job_id in range(before + 1, after + 1)]
+            out: list[tuple[int, bool]] = []
+            for row in rows:
+                if row.unique_key is None:
+                    (job_id,) = conn.execute(_INSERT_RETURNING, _insert_params(row)).fetchone()
+                    out.append((job_id, True))
+                    continue
+                found = conn.execute(_INSERT_UNIQUE, _insert_params(row)).fetchone()
+                if found is not None:
+                    out.append((found[0], True))
+                    continue
+                existing = conn.execute(
+                    f"SELECT id FROM minijobs_jobs WHERE unique_key=? AND state IN ('pending','running','retrying')",
+                    (row.unique_key,),
+                ).fetchone()
+                if existing is None:  # pragma: no cover - the index conflict guarantees a live row
+                    raise StoreError(f"unique key {row.unique_key!r} conflicted but no live job holds it")
+                out.append((existing[0], False))
+            return out
+
+    # -- claim and finish --------------------------------------------------
+
+    def claim(self, queue: str, limit: int, *, owner: str, now: float, lease_s: float) -> list[Job]:
+        """Atomically move up to ``limit`` due jobs of ``queue`` to running, leased to ``owner``.
+
+        Highest priority first, then oldest id.  Paused queues yield nothing.
+        """
+        if limit <= 0:
+            return []
+        with self._read("claim") as conn:
+            rows = conn.execute(
+                _CLAIM, {"queue": queue, "limit": limit, "owner": owner, "now": now, "expires": now + lease_s}
+            ).fetchall()
+        jobs = [_job_from_row(row) for row in rows]
+        jobs.sort(key=_claim_order)
+        return jobs
+
+    def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Write the ends of attempts in one transaction; False where the fence refused a stale write."""
+        if not outcomes:
+            return []
+        accepted: list[bool] = []
+        with self._write("finish jobs") as conn:
+            for o in outcomes:
+                cur = conn.execute(
+                    _FINISH,
+                    (o.state.value, o.result, o.error, o.error, o.scheduled_at, o.completed_at, o.progress,
+                     o.job_id, o.owner, o.attempt),
+                )
+                accepted.append(cur.rowcount == 1)
+        return accepted
+
+    def release(self, owner: str, job_ids: Iterable[int], *, now: float) -> int:
+        """Give unfinished jobs back to the queue without using up an attempt (graceful shutdown)."""
+        ids = list(job_ids)
+        if not ids:
+            return 0
+        with self._write("release jobs") as conn:
+            changed = 0
+            for job_id in ids:
+                changed += conn.execute(
+                    "UPDATE minijobs_jobs SET state=CASE WHEN attempts > 1 THEN 'retrying' ELSE 'pending' END, "
+                    "attempts=attempts-1, scheduled_at=?, lease_owner=NULL, lease_expires_at=NULL "
+                    "WHERE id=? AND lease_owner=? AND state='running'",
+                    (now, job_id, owner),
+                ).rowcount
+            return changed
+
+    def renew_leases(self, owner: str, job_ids: Sequence[int], *, now: float, lease_s: float) -> tuple[set[int], set[int]]:
+        """Extend the leases ``owner`` still holds; return ``(lost, cancel_requested)`` job ids.
+
+        ``lost`` are jobs this worker thinks it runs but no longer owns (recovered
+        by another process); their eventual completions will be refused anyway.
+        """
+        if not job_ids:
+            return set(), set()
+        with self._write("renew leases") as conn:
+            conn.execute(
+                "UPDATE minijobs_jobs SET lease_expires_at=? WHERE lease_owner=? AND state='running'",
+                (now + lease_s, owner),
+            )
+            held: set[int] = set()
+            cancel: set[int] = set()
+            for job_id, flag in conn.execute(
+                "SELECT id, cancel_requested FROM minijobs_jobs WHERE lease_owner=? AND state='running'", (owner,)
+            ):
+                held.add(job_id)
+                if flag:
+                    cancel.add(job_id)
+        return set(job_ids) - held, cancel
+
+    def cancel_requested(self, owner: str) -> set[int]:
+        """Jobs leased to ``owner`` that someone asked to cancel (read-only, indexed)."""
+        with self._read("check cancellations") as conn:
+            return {
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM minijobs_jobs WHERE lease_owner=? AND state='running' AND cancel_requested=1",
+                    (owner,),
+                )
+            }
+
+    def set_progress(self, job_id: int, owner: str, attempt: int, progress_json: str) -> bool:
+        with self._read("set progress") as conn:
+            cur = conn.execute(
+                "UPDATE minijobs_jobs SET progress=? WHERE id=? AND lease_owner=? AND attempts=? AND state='running'",
+                (progress_json, job_id, owner, attempt),
+            )
+            return cur.rowcount == 1
+
+    def next_due_at(self, queues: Sequence[str]) -> float | None:
+        """Earliest ``scheduled_at`` of a runnable job in ``queues`` (None if there is none)."""
+        if not queues:
+            return None
+        marks = ",".join("?" * len(queues))
+        with self._read("next due time") as conn:
+            row = conn.execute(
+                f"SELECT min(scheduled_at) FROM minijobs_jobs WHERE {_RUNNABLE} AND queue IN ({marks}) "
+                "AND queue NOT IN (SELECT name FROM minijobs_queues WHERE paused=1)",
+                tuple(queues),
+            ).fetchone()
+        return None if row is None else row[0]
+
+    # -- user operations on one job ----------------------------------------
+
+    def cancel(self, job_id: int, *, now: float) -> Job:
+        """Cancel a job: pending ones at once, running ones by flagging them for their worker."""
+        with self._write("cancel job") as conn:
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM minijobs_jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFoundError(f"no job with id {job_id}")
+            state = row[4]
+            if state in ("pending", "retrying"):
+                conn.execute(
+                    "UPDATE minijobs_jobs SET state='cancelled', completed_at=?, cancel_requested=1 WHERE id=?",
+                    (now, job_id),
+                )
+            elif state == "running":
+                conn.execute("UPDATE minijobs_jobs SET cancel_requested=1 WHERE id=?", (job_id,))
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM minijobs_jobs WHERE id=?", (job_id,)).fetchone()
+        return _job_from_row(row)
+
+    def retry(self, job_id: int, *, now: float) -> Job:
+        """Run a finished job again now, granting one more attempt if it had used them all."""
+        with self._write("retry job") as conn:
+            row = conn.execute("SELECT state FROM minijobs_jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFoundError(f"no job with id {job_id}")
+            if row[0] not in ("succeeded", "failed", "cancelled"):
+                raise InvalidStateError(f"job {job_id} is {row[0]}; only finished jobs can be retried")
+            try:
+                conn.execute(
+                    "UPDATE minijobs_jobs SET state='pending', scheduled_at=?, completed_at=NULL, cancel_requested=0, "
+                    "max_attempts=max(max_attempts, attempts + 1) WHERE id=?",
+                    (now, job_id),
+                )
+            except sqlite3.IntegrityError:
+                raise InvalidStateError(
+                    f"job {job_id} cannot be retried: another live job holds its unique key"
+                ) from None
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM minijobs_jobs WHERE id=?", (job_id,)).fetchone()
+        return _job_from_row(row)
+
+    # -- reads -------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        with self._read("get job") as conn:
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM minijobs_jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(f"no job with id {job_id}")
+        return _job_from_row(row)
+
+    def state_of(self, job_id: int) -> JobState:
+        with self._read("get job state") as conn:
+            row = conn.execute("SELECT state FROM minijobs_jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(f"no job with id {job_id}")
+        return JobState(row[0])
+
+    def list_jobs(
+        self,
+        *,
+        states: Sequence[str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Jobs matching the filters, newest first."""
+        where: list[str] = []
+        params: list[Any] = []
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            params.extend(states)
+        if queue is not None:
+            where.append("queue = ?")
+            params.append(queue)
+        if name is not None:
+            where.append("name = ?")
+            params.append(name)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._read("list jobs") as conn:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM minijobs_jobs {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            ).fetchall()
+        return [_job_from_row(row) for row in rows]
+
+    def count_by_state(self, *, queue: str | None = None) -> dict[JobState, int]:
+        sql = "SELECT state, count(*) FROM minijobs_jobs"
+        params: tuple[Any, ...] = ()
+        if queue is not None:
+            sql += " WHERE queue=?"
+            params = (queue,)
+        with self._read("count jobs") as conn:
+            rows = conn.execute(sql + " GROUP BY state", params).fetchall()
+        counts = {state: 0 for state in JobState}
+        for state, n in rows:
+            counts[JobState(state)] = n
+        return counts
+
+    # -- queues ------------------------------------------------------------
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        with self._write("pause queue" if paused else "resume queue") as conn:
+            conn.execute(
+                "INSERT INTO minijobs_queues (name, paused) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET paused=excluded.paused",
+                (queue, int(paused)),
+            )
+
+    def paused_queues(self) -> set[str]:
+        with self._read("list paused queues") as conn:
+            return {row[0] for row in conn.execute("SELECT name FROM minijobs_queues WHERE paused=1")}
+
+    # -- maintenance (used by plugins) -------------------------------------
+
+    def recover_expired(self, *, now: float, max_rescues: int, limit: int = 500) -> tuple[list[int], list[int]]:
+        """Return jobs whose lease expired to their queue; fail those rescued too often.
+
+        Returns ``(requeued_ids, poisoned_ids)``.  The attempt that was cut off
+        stays counted; a job that keeps killing its worker fails once it has
+        been rescued more than ``max_rescues`` times instead of looping forever.
+        """
+        with self._write("recover expired leases") as conn:
+            rows = conn.execute(
+                "SELECT id, rescues, attempts FROM minijobs_jobs WHERE state='running' AND lease_expires_at < ? "
+                "ORDER BY lease_expires_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            requeued: list[int] = []
+            poisoned: list[int] = []
+            for job_id, rescues, attempts in rows:
+                if rescues + 1 > max_rescues:
+                    error = json.dumps(
+                        {
+                            "attempt": attempts,
+                            "type": "minijobs.PoisonJobError",
+                            "message": f"worker lost {rescues + 1} times while running this job; giving up",
+                            "traceback": "",
+                            "at": now,
+                        }
+                    )
+                    conn.execute(
+                        "UPDATE minijobs_jobs SET state='failed', completed_at=?, rescues=rescues+1, "
+                        "errors=json_insert(errors, '$[#]', json(?)), lease_owner=NULL, lease_expires_at=NULL "
+                        "WHERE id=?",
+                        (now, error, job_id),
+                    )
+                    poisoned.append(job_id)
+                else:
+                    conn.execute(
+                        "UPDATE minijobs_jobs SET state='retrying', scheduled_at=?, rescues=rescues+1, "
+                        "max_attempts=max(max_attempts, attempts + 1), lease_owner=NULL, lease_expires_at=NULL "
+                        "WHERE id=?",
+                        (now, job_id),
+                    )
+                    requeued.append(job_id)
+        return requeued, poisoned
+
+    def prune(
+        self,
+        *,
+        before: float,
+        states: Sequence[str] = ("succeeded", "failed", "cancelled"),
+        queue: str | None = None,
+        limit: int = 1000,
+    ) -> int:
+        """Delete up to ``limit`` finished jobs completed before ``before``; return how many."""
+        terminal = [s for s in states if s in ("succeeded", "failed", "cancelled")]
+        if not terminal:
+            return 0
+        marks = ",".join("?" * len(terminal))
+        sql = (
+            "DELETE FROM minijobs_jobs WHERE id IN (SELECT id FROM minijobs_jobs WHERE "
+            f"state IN ('succeeded', 'failed', 'cancelled') AND completed_at < ? AND state IN ({marks})"
+        )
+        params: list[Any] = [before, *terminal]
+        if queue is not None:
+            sql += " AND queue = ?"
+            params.append(queue)
+        sql += " LIMIT ?)"
+        params.append(limit)
+        with self._write("prune jobs") as conn:
+            return conn.execute(sql, params).rowcount
+
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
+        """Run a WAL checkpoint; returns SQLite's ``(busy, wal_pages, checkpointed_pages)``."""
+        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+            raise ValueError(f"unknown checkpoint mode {mode!r}")
+        with self._read("checkpoint") as conn:
+            row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def integrity_check(self) -> list[str]:
+        with self._read("integrity check") as conn:
+            return [row[0] for row in conn.execute("PRAGMA integrity_check")]
+
+
+class ChangeWatcher:
+    """Detects commits made by other connections through ``PRAGMA data_version``.
+
+    The pragma is answered from the connection's own memory (no disk read, no
+    lock), so polling it every few milliseconds costs next to nothing.
+    """
+
+    def __init__(self, path: str, busy_timeout_s: float) -> None:
+        self._conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+        self._last = self._version()
+
+    def _version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def changed(self) -> bool:
+        try:
+            current = self._version()
+        except sqlite3.Error as exc:
+            logger.warning("change detection failed: %s", exc)
+            return True
+        if current != self._last:
+            self._last = current
+            return True
+        return False
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _sequence(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='minijobs_jobs'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _claim_order(job: Job) -> tuple[int, int]:
+    return (-job.priority, job.id)
+
+
+def _insert_params(row: NewJob) -> tuple[Any, ...]:
+    return (
+        row.name, row.queue, row.payload, row.priority, row.max_attempts, row.timeout_s,
+        row.scheduled_at, row.created_at, row.unique_key, row.meta,
+    )
+
+
+def _split_sql(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+_INSERT = (
+    "INSERT INTO minijobs_jobs (name, queue, payload, state, priority, max_attempts, timeout_s, scheduled_at, "
+    "created_at, unique_key, meta) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_RETURNING = _INSERT + " RETURNING id"
+_INSERT_UNIQUE = _INSERT + " ON CONFLICT DO NOTHING RETURNING id"
+
+_CLAIM = f"""
+UPDATE minijobs_jobs
+SET state='running', attempts=attempts+1, started_at=:now, lease_owner=:owner, lease_expires_at=:expires
+WHERE id IN (
+    SELECT id FROM minijobs_jobs
+    WHERE queue=:queue AND {_RUNNABLE} AND scheduled_at <= :now
+      AND NOT EXISTS (SELECT 1 FROM minijobs_queues WHERE name=:queue AND paused=1)
+    ORDER BY priority DESC, id
+    LIMIT :limit
+)
+RETURNING {_JOB_COLUMNS}
+"""
+
+_FINISH = """
+UPDATE minijobs_jobs
+SET state=?, result=?,
+    errors=CASE WHEN ? IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?)) END,
+    scheduled_at=COALESCE(?, scheduled_at), completed_at=?, progress=COALESCE(?, progress),
+    lease_owner=NULL, lease_expires_at=NULL
+WHERE id=? AND lease_owner=? AND attempts=? AND state='running'
+"""

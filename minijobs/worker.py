@@ -1,0 +1,581 @@
+"""The worker: claims due jobs into executors, writes their outcomes, keeps leases alive.
+
+One asyncio loop drives everything.  Each iteration flushes finished attempts
+in one transaction, then claims exactly the free slots of every queue.  It
+sleeps until something can have changed: an in-process enqueue or completion
+(direct wake-up), a commit by another process (``PRAGMA data_version``
+polled every few milliseconds on a spare connection), the next scheduled job
+falling due, or a jump of an observable test clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import payload
+from .backoff import Backoff
+from .errors import (
+    Cancelled,
+    JobFailedError,
+    JobReleased,
+    LeaseLostError,
+    PayloadTypeError,
+    PayloadValueError,
+    StoreError,
+    UnknownJobError,
+)
+from .executors.aio import AsyncExecutor
+from .executors.base import Executor
+from .job import AttemptError, Job, JobState, Progress, to_datetime
+from .plugin import Plugin, PluginScope, overrides
+from .store import Outcome
+
+if TYPE_CHECKING:
+    from .app import App
+
+logger = logging.getLogger(__name__)
+
+#: Longest the loop sleeps without a reason, as a guard against missed wake-ups and wall-clock jumps.
+MAX_IDLE_S = 2.0
+_NO_RETRY = (UnknownJobError, PayloadValueError, PayloadTypeError, Cancelled, LeaseLostError)
+_DEFAULT_BACKOFF = Backoff()
+
+
+class Worker:
+    """Runs the jobs of an app's queues.  Create through ``app.running()``, ``app.worker()``,
+    ``app.run_worker()`` or ``app.drain()`` rather than directly."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        worker_id: str | None = None,
+        lease_s: float | None = None,
+        grace_s: float | None = None,
+        poll_interval_s: float | None = None,
+        burst: bool = False,
+        raise_on_failure: bool = False,
+        plugins: bool | None = None,
+    ) -> None:
+        self.app = app
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        known = {q.name for q in app.queues}
+        if queues is not None:
+            unknown = sorted(set(queues) - known)
+            if unknown:
+                raise ValueError(f"queues {unknown} are not declared on the app (declared: {sorted(known)})")
+        self.queues = [q for q in app.queues if queues is None or q.name in queues]
+        self.lease_s = app.lease_s if lease_s is None else lease_s
+        self.grace_s = app.grace_s if grace_s is None else grace_s
+        self.poll_interval_s = app.poll_interval_s if poll_interval_s is None else poll_interval_s
+        self.burst = burst
+        self.raise_on_failure = raise_on_failure
+        self.run_plugins = (not burst) if plugins is None else plugins
+        self.executors: dict[str, Executor] = {}
+        #: Attempts finished (succeeded, failed, retrying or cancelled) by this worker.
+        self.jobs_finished = 0
+        self.is_leader = False
+        self._outcomes: list[tuple[Outcome, Job]] = []
+        self._released: list[int] = []
+        self._progress: dict[int, tuple[Job, str]] = {}
+        self._failure: JobFailedError | None = None
+        self._stop_requested = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread_id: int | None = None
+        self.started = threading.Event()
+        self.stopped = threading.Event()
+        plugin_list = app.plugins if self.run_plugins else ()
+        self._starting_hooks = [p for p in app.plugins if overrides(p, "on_job_starting")]
+        self._completed_hooks = [p for p in app.plugins if overrides(p, "on_job_completed")]
+        self._updated_hooks = [p for p in app.plugins if overrides(p, "on_job_updated")]
+        self._run_plugins: list[Plugin] = list(plugin_list)
+
+    # -- thread-safe controls ---------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("worker is not running")
+        return self._loop
+
+    @property
+    def is_stopping(self) -> bool:
+        return self._stop_requested
+
+    def in_loop_thread(self) -> bool:
+        return threading.get_ident() == self._thread_id
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback`` in the worker's loop thread (from any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if self.in_loop_thread():
+            loop.call_soon(callback, *args)
+        else:
+            try:
+                loop.call_soon_threadsafe(callback, *args)
+            except RuntimeError:  # loop closed between the check and the call
+                pass
+
+    def wake(self) -> None:
+        """Make the loop look for work now (new jobs, freed slots)."""
+        if self.in_loop_thread():
+            self._wake_event.set()
+        else:
+            self.call_soon(self._wake_event.set)
+
+    def stop(self, *, now: bool = False) -> None:
+        """Ask the worker to stop: finish running jobs within ``grace_s`` (or cancel them at once if ``now``)."""
+        if self._loop is None:
+            self._stop_requested = True
+            return
+        self.call_soon(self._begin_stop, now)
+
+    def request_cancel(self, job_id: int) -> None:
+        self.call_soon(self._cancel_local, job_id, "cancel")
+
+    def report_progress(self, job_id: int, progress: Progress) -> None:
+        """Called by job contexts (any thread); written to the DB at most every heartbeat tick."""
+        text = payload.encode(
+            {"done": progress.done, "total": progress.total, "message": progress.message}, what="progress"
+        )
+        self.call_soon(self._note_progress, job_id, progress, text)
+
+    # -- loop-thread internals ----------------------------------------------
+
+    def _begin_stop(self, now: bool) -> None:
+        if not self._stop_requested:
+            self._stop_requested = True
+            self.stopping.set()
+            self.app.events.emit("worker.stopping", worker_id=self.id)
+        if now:
+            self.hurried.set()
+        self._wake_event.set()
+
+    def _cancel_local(self, job_id: int, reason: str) -> None:
+        for executor in self.executors.values():
+            if job_id in executor.running:
+                executor.cancel(job_id, reason=reason)  # type: ignore[arg-type]
+
+    def _note_progress(self, job_id: int, progress: Progress, text: str) -> None:
+        job = self._find_running(job_id)
+        if job is None:
+            return
+        self._progress[job_id] = (job, text)
+        self.app.events.emit("job.progress", job_id=job_id, progress=progress, job=job)
+
+    def _find_running(self, job_id: int) -> Job | None:
+        for executor in self.executors.values():
+            job = executor.running.get(job_id)
+            if job is not None:
+                return job
+        return None
+
+    def job_starting(self, job: Job) -> Job:
+        for plugin in self._starting_hooks:
+            job = plugin.on_job_starting(job=job, worker=self)
+        if self.app.events.wants("job.started"):
+            self.app.events.emit("job.started", job=job, worker_id=self.id)
+        return job
+
+    def job_completed(self, job: Job, *, exc: BaseException | None, result: Any) -> None:
+        """Decide the outcome of an attempt (success, retry, failure, cancel, release) and queue its write."""
+        if isinstance(exc, JobReleased):
+            self._released.append(job.id)
+            self._wake_event.set()
+            return
+        if isinstance(exc, LeaseLostError):
+            logger.warning("job %d: lease lost while running; outcome discarded", job.id, extra={"job_id": job.id})
+            self._wake_event.set()
+            return
+        now = self.app.clock.now()
+        result_json: str | None = None
+        if exc is None and result is not None:
+            try:
+                result_json = payload.encode(result, what=f"result of job {job.id}", max_bytes=self.app.max_payload_bytes)
+            except (PayloadTypeError, PayloadValueError) as error:
+                exc, result = error, None
+        error_json: str | None = None
+        scheduled_at: float | None = None
+        if exc is None:
+            state = JobState.SUCCEEDED
+        else:
+            error_record = _error_record(exc, job.attempts, now)
+            error_json = payload.encode(error_record, what="error")
+            if isinstance(exc, Cancelled):
+                state = JobState.CANCELLED
+            elif job.attempts < job.max_attempts and not isinstance(exc, _NO_RETRY):
+                state = JobState.RETRYING
+                scheduled_at = now + self._retry_delay(job, exc)
+            else:
+                state = JobState.FAILED
+            log = logger.info if state is JobState.RETRYING else logger.warning
+            log("job %d (%s) attempt %d: %s: %s -> %s", job.id, job.name, job.attempts,
+                type(exc).__name__, exc, state, extra={"job_id": job.id})
+        progress_entry = self._progress.pop(job.id, None)
+        outcome = Outcome(
+            job_id=job.id,
+            owner=self.id,
+            attempt=job.attempts,
+            state=state,
+            completed_at=None if state is JobState.RETRYING else now,
+            result=result_json,
+            error=error_json,
+            scheduled_at=scheduled_at,
+            progress=progress_entry[1] if progress_entry else None,
+        )
+        if self._completed_hooks:
+            outcome, job = self._apply_completed_hooks(job, outcome, exc, result)
+        self._outcomes.append((outcome, job))
+        self._wake_event.set()
+
+    def _retry_delay(self, job: Job, exc: BaseException) -> float:
+        from .errors import Retry
+
+        if isinstance(exc, Retry) and exc.delay_s is not None:
+            return exc.delay_s
+        registered = self.app.registry.get(job.name)
+        policy = registered.retry if registered is not None and registered.retry is not None else _DEFAULT_BACKOFF
+        return policy.delay_s(job.attempts)
+
+    def _apply_completed_hooks(
+        self, job: Job, outcome: Outcome, exc: BaseException | None, result: Any
+    ) -> tuple[Outcome, Job]:
+        """Let plugins replace the outcome; they see it as a job snapshot and return a changed copy."""
+        errors = job.errors
+        if outcome.error is not None:
+            errors = (*errors, _attempt_error(payload.decode(outcome.error)))
+        proposed = job.replace(
+            state=outcome.state,
+            result=result if outcome.state is JobState.SUCCEEDED else None,
+            errors=errors,
+            completed_at=to_datetime(outcome.completed_at),
+            scheduled_at=to_datetime(outcome.scheduled_at) if outcome.scheduled_at is not None else job.scheduled_at,
+        )
+        final = proposed
+        for plugin in self._completed_hooks:
+            final = plugin.on_job_completed(job=final, worker=self, exc=exc, result=result)
+        if final is proposed:
+            return outcome, proposed
+        new_error = None
+        if len(final.errors) > len(job.errors):
+            last = final.errors[-1]
+            new_error = payload.encode(
+                {"attempt": last.attempt, "type": last.type, "message": last.message,
+                 "traceback": last.traceback, "at": last.at.timestamp()}, what="error")
+        runnable = final.state in (JobState.RETRYING, JobState.PENDING)
+        outcome = Outcome(
+            job_id=job.id,
+            owner=self.id,
+            attempt=job.attempts,
+            state=final.state,
+            completed_at=None if runnable else (final.completed_at or to_datetime(self.app.clock.now())).timestamp(),  # type: ignore[union-attr]
+            result=None if final.result is None else payload.encode(final.result, what="result", max_bytes=self.app.max_payload_bytes),
+            error=new_error,
+            scheduled_at=final.scheduled_at.timestamp() if runnable else None,
+            progress=outcome.progress,
+        )
+        return outcome, final
+
+    def _flush(self) -> None:
+        """Write queued outcomes and releases in one transaction each; keep them if the write fails."""
+        if self._outcomes:
+            batch = self._outcomes
+            try:
+                accepted = self.app.store.finish([o for o, _ in batch])
+            except StoreError as exc:
+                logger.warning("could not write %d job outcomes (will retry): %s", len(batch), exc)
+                return
+            self._outcomes = []
+            self._after_finish(batch, accepted)
+        if self._released:
+            ids = self._released
+            try:
+                self.app.store.release(self.id, ids, now=self.app.clock.now())
+            except StoreError as exc:
+                logger.warning("could not release %d jobs (their leases will expire): %s", len(ids), exc)
+            self._released = []
+            self.app.notify_finished(ids)
+        if self._progress:
+            pending = self._progress
+            self._progress = {}
+            for job_id, (job, text) in pending.items():
+                try:
+                    self.app.store.set_progress(job_id, self.id, job.attempts, text)
+                except StoreError as exc:
+                    logger.debug("progress of job %d not written: %s", job_id, exc)
+
+    def _after_finish(self, batch: list[tuple[Outcome, Job]], accepted: list[bool]) -> None:
+        events = self.app.events
+        want_event = events.wants("job.completed")
+        finished_ids: list[int] = []
+        for (outcome, job), ok in zip(batch, accepted, strict=True):
+            if not ok:
+                logger.warning(
+                    "job %d attempt %d: outcome %s refused (lease lost to another worker)",
+                    outcome.job_id, outcome.attempt, outcome.state, extra={"job_id": outcome.job_id},
+                )
+                continue
+            self.jobs_finished += 1
+            finished_ids.append(outcome.job_id)
+            if outcome.state is JobState.FAILED and self.raise_on_failure and self._failure is None:
+                self._failure = JobFailedError(
+                    f"job {outcome.job_id} ({job.name}) failed: {_last_error_message(outcome)}", job_id=outcome.job_id
+                )
+            if want_event or self._updated_hooks:
+                snapshot = job if job.state is outcome.state else job.replace(state=outcome.state)
+                for plugin in self._updated_hooks:
+                    try:
+                        plugin.on_job_updated(job=snapshot, worker=self)
+                    except Exception:
+                        logger.exception("plugin %s failed in on_job_updated", plugin.get_identifier())
+                if want_event:
+                    events.emit("job.completed", job=snapshot, state=outcome.state, worker_id=self.id)
+        self.app.notify_finished(finished_ids)
+
+    def _fill(self) -> tuple[int, list[str]]:
+        """Claim free slots of every queue; return (jobs claimed, names of queues left without due work)."""
+        if self._stop_requested:
+            return 0, []
+        claimed = 0
+        exhausted: list[str] = []
+        now = self.app.clock.now()
+        for executor in self.executors.values():
+            free = executor.free_slots
+            if free <= 0:
+                continue
+            jobs = self.app.store.claim(executor.queue.name, free, owner=self.id, now=now, lease_s=self.lease_s)
+            for job in jobs:
+                executor.push(job)
+            claimed += len(jobs)
+            if len(jobs) < free:
+                exhausted.append(executor.queue.name)
+        return claimed, exhausted
+
+    def _in_flight(self) -> int:
+        return sum(len(e.running) for e in self.executors.values())
+
+    # -- main ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` (or, in burst mode, until no due job is left)."""
+        self._loop = asyncio.get_running_loop()
+        self._thread_id = threading.get_ident()
+        self._wake_event = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.hurried = asyncio.Event()
+        if self._stop_requested:
+            self.stopping.set()
+        store = self.app.store
+        watcher = None if self.burst else store.open_watcher()
+        clock_listener = None
+        try:
+            for queue in self.queues:
+                executor_cls = queue.executor or AsyncExecutor
+                executor = executor_cls(self, queue, **dict(queue.executor_options))
+                await executor.start()
+                self.executors[queue.name] = executor
+            self.app.attach_worker(self)
+            clock_listener = self.app.listen_clock(self.wake)
+            if not self.burst:
+                self._tasks.append(asyncio.create_task(self._heartbeat(), name=f"minijobs-heartbeat-{self.id}"))
+                if watcher is not None:
+                    self._tasks.append(asyncio.create_task(self._watch(watcher), name="minijobs-watch"))
+            if self.run_plugins:
+                for plugin in self._run_plugins:
+                    self._tasks.append(asyncio.create_task(self._run_plugin(plugin), name=plugin.get_identifier()))
+            if self.burst:
+                for plugin in self.app.plugins:
+                    await plugin.on_drain(self, self.app)
+            self.app.events.emit("worker.started", worker_id=self.id)
+            self.started.set()
+            await self._main_loop()
+        finally:
+            try:
+                await self._shutdown()
+            finally:
+                if clock_listener is not None:
+                    clock_listener()
+                self.app.detach_worker(self)
+                if watcher is not None:
+                    watcher.close()
+                self.started.set()
+                self.stopped.set()
+                self.app.events.emit("worker.stopped", worker_id=self.id)
+        if self._failure is not None:
+            raise self._failure
+
+    async def _main_loop(self) -> None:
+        store_errors = 0
+        while not self._stop_requested:
+            self._wake_event.clear()
+            try:
+                self._flush()
+                claimed, exhausted = self._fill()
+                store_errors = 0
+            except StoreError as exc:
+                store_errors += 1
+                delay = min(1.0, 0.01 * 2**store_errors)
+                logger.warning("worker %s: store error (retrying in %.2f s): %s", self.id, delay, exc)
+                await self._sleep(delay)
+                continue
+            if self._failure is not None:
+                break
+            if self.burst and claimed == 0 and not self._in_flight() and not self._outcomes:
+                break
+            if claimed:
+                # Let the new jobs start; the next pass flushes what finished and refills.
+                await asyncio.sleep(0)
+                continue
+            timeout = MAX_IDLE_S
+            if exhausted and not self.burst:
+                timeout = self._until_next_due(exhausted)
+            await self._sleep(timeout)
+
+    def _until_next_due(self, queues: list[str]) -> float:
+        try:
+            due = self.app.store.next_due_at(queues)
+        except StoreError:
+            return 0.1
+        if due is None:
+            return MAX_IDLE_S
+        # A job already due but not claimed belongs to a paused queue; the resume commit wakes us.
+        return min(MAX_IDLE_S, max(0.001, due - self.app.clock.now()))
+
+    async def _sleep(self, timeout: float) -> None:
+        if self._wake_event.is_set():
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake_event.wait()
+        except TimeoutError:
+            pass
+
+    async def _heartbeat(self) -> None:
+        """Renew leases, pick up cancellations from other processes, write progress."""
+        tick = min(0.25, self.lease_s / 4)
+        renew_every = max(tick, self.lease_s / 3)
+        loop = asyncio.get_running_loop()
+        last_renew = loop.time()
+        while True:
+            await asyncio.sleep(tick)
+            running = [job_id for e in self.executors.values() for job_id in e.running]
+            try:
+                if self._progress:
+                    self._flush()
+                if not running:
+                    last_renew = loop.time()
+                    continue
+                if loop.time() - last_renew >= renew_every:
+                    lost, cancel = self.app.store.renew_leases(
+                        self.id, running, now=self.app.clock.now(), lease_s=self.lease_s
+                    )
+                    last_renew = loop.time()
+                else:
+                    lost, cancel = set(), self.app.store.cancel_requested(self.id)
+            except StoreError as exc:
+                logger.warning("worker %s: heartbeat failed: %s", self.id, exc)
+                continue
+            for job_id in lost:
+                self._cancel_local(job_id, "lost")
+            for job_id in cancel:
+                self._cancel_local(job_id, "cancel")
+
+    async def _watch(self, watcher: Any) -> None:
+        interval = self.poll_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if watcher.changed():
+                self._wake_event.set()
+
+    async def _run_plugin(self, plugin: Plugin) -> None:
+        """Run a plugin protected: log and restart it with backoff when it raises."""
+        failures = 0
+        leader_only = plugin.get_scope() is PluginScope.LEADER
+        plugin.attach(self)
+        try:
+            while not self._stop_requested:
+                if leader_only and not self.is_leader:
+                    if not await plugin.sleep(0.5):
+                        return
+                    continue
+                try:
+                    await plugin.run(self, self.app)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    failures += 1
+                    delay = min(60.0, 0.5 * 2 ** min(failures, 7))
+                    logger.exception("plugin %s crashed; restarting in %.1f s", plugin.get_identifier(), delay)
+                    if not await plugin.sleep(delay):
+                        return
+        finally:
+            plugin.attach(None)
+
+    async def _shutdown(self) -> None:
+        self._begin_stop(False)
+        stops = [asyncio.ensure_future(e.stop(grace_s=self.grace_s)) for e in self.executors.values()]
+        while stops:
+            done, pending = await asyncio.wait(stops, timeout=0.05)
+            self._flush_quietly()
+            stops = list(pending)
+            for task in done:
+                if task.exception() is not None:
+                    logger.error("executor failed to stop cleanly", exc_info=task.exception())
+        self._flush_quietly()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._outcomes or self._released:
+            logger.error(
+                "worker %s stopped with %d outcomes unwritten; those jobs rerun after lease expiry",
+                self.id, len(self._outcomes) + len(self._released),
+            )
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush()
+        except Exception:
+            logger.exception("worker %s: final flush failed", self.id)
+
+
+def _error_record(exc: BaseException, attempt: int, now: float) -> dict[str, Any]:
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ in ("builtins",) else f"{kind.__module__}.{kind.__qualname__}"
+    if name.startswith("minijobs.errors."):
+        name = "minijobs." + kind.__qualname__
+    return {
+        "attempt": attempt,
+        "type": name,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "at": now,
+    }
+
+
+def _attempt_error(data: dict[str, Any]) -> AttemptError:
+    return AttemptError(
+        attempt=data["attempt"], type=data["type"], message=data["message"],
+        traceback=data["traceback"], at=to_datetime(data["at"]),  # type: ignore[arg-type]
+    )
+
+
+def _last_error_message(outcome: Outcome) -> str:
+    if outcome.error is None:
+        return "no error recorded"
+    data = payload.decode(outcome.error)
+    return f"{data['type']}: {data['message']}"
