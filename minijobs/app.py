@@ -249,6 +249,8 @@ class App:
         self._workers_lock = threading.Lock()
         self._finished = threading.Condition()
         self._finished_generation = 0
+        #: Set by ``minijobs.testing.eager``: called with the ids of jobs just written, to run them at once.
+        self._eager_hook: Callable[[list[int]], None] | None = None
 
     def _check_plugins(self) -> None:
         ids = [p.get_identifier() for p in self.plugins]
@@ -376,6 +378,8 @@ class App:
         row = self._new_row(function, args, kwargs, spec, self.clock.now())
         ((job_id, created),) = self.store.enqueue([row])
         self._after_enqueue([job_id] if created else [])
+        if self._eager_hook is not None and created:
+            self._eager_hook([job_id])
         return JobRef(self, job_id, created=created)
 
     def enqueue_many(self, requests: Iterable[EnqueueRequest]) -> list[JobRef]:
@@ -388,6 +392,8 @@ class App:
             rows.append(self._new_row(request.function, request.args, request.kwargs, request.spec, now))
         results = self.store.enqueue(rows)
         self._after_enqueue([job_id for job_id, created in results if created])
+        if self._eager_hook is not None and any(created for _, created in results):
+            self._eager_hook([job_id for job_id, created in results if created])
         return [JobRef(self, job_id, created=created) for job_id, created in results]
 
     async def enqueue_many_async(self, requests: Iterable[EnqueueRequest]) -> list[JobRef]:
