@@ -35,6 +35,7 @@ from .errors import (
 from .executors.aio import AsyncExecutor
 from .executors.base import Executor
 from .job import AttemptError, Job, JobState, Progress, to_datetime
+from .notify import DirectoryWatch
 from .plugin import Plugin, PluginScope, overrides
 from .store import Outcome
 
@@ -45,6 +46,12 @@ logger = logging.getLogger(__name__)
 
 #: Longest the loop sleeps without a reason, as a guard against missed wake-ups and wall-clock jumps.
 MAX_IDLE_S = 2.0
+#: After the last sign of activity, poll ``data_version`` at ``poll_interval_s`` for this long.
+FAST_POLL_WINDOW_S = 1.0
+#: Poll interval of a quiet database when inotify reports activity (a safety net only).
+IDLE_POLL_S = 0.5
+#: Poll interval of a quiet database where inotify is unavailable.
+IDLE_POLL_NO_INOTIFY_S = 0.02
 _NO_RETRY = (UnknownJobError, PayloadValueError, PayloadTypeError, Cancelled, LeaseLostError)
 _DEFAULT_BACKOFF = Backoff()
 
@@ -493,11 +500,44 @@ class Worker:
                 self._cancel_local(job_id, "cancel")
 
     async def _watch(self, watcher: Any) -> None:
-        interval = self.poll_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            if watcher.changed():
-                self._wake_event.set()
+        """Wake the loop when another connection commits.
+
+        Polls ``data_version`` every ``poll_interval_s`` while the database is
+        busy and slowly when it is quiet; an inotify event on the database files
+        (Linux) switches back to fast polling at once, so an idle worker costs
+        next to nothing and still reacts within milliseconds.
+        """
+        loop = asyncio.get_running_loop()
+        fast = self.poll_interval_s
+        notifier = DirectoryWatch.create(self.app.store.path)
+        slow = max(fast, IDLE_POLL_S if notifier is not None else IDLE_POLL_NO_INOTIFY_S)
+        activity = asyncio.Event()
+        last_active = loop.time()
+
+        def on_fs_event() -> None:
+            if notifier is not None and notifier.read():
+                activity.set()
+
+        if notifier is not None:
+            loop.add_reader(notifier.fileno(), on_fs_event)
+        try:
+            while True:
+                quiet = loop.time() - last_active > FAST_POLL_WINDOW_S
+                try:
+                    async with asyncio.timeout(slow if quiet else fast):
+                        await activity.wait()
+                except TimeoutError:
+                    pass
+                if activity.is_set():
+                    activity.clear()
+                    last_active = loop.time()
+                if watcher.changed():
+                    last_active = loop.time()
+                    self._wake_event.set()
+        finally:
+            if notifier is not None:
+                loop.remove_reader(notifier.fileno())
+                notifier.close()
 
     async def _run_plugin(self, plugin: Plugin) -> None:
         """Run a plugin protected: log and restart it with backoff when it raises."""
