@@ -1,0 +1,516 @@
+"""The benchmarks themselves.  Each returns :class:`~benchmarks.harness.Result` rows.
+
+Every figure is the median of ``settings.repeat`` runs, each on a fresh
+file-backed database in a temporary directory (scale runs reuse one backlog and
+top it up between runs).  Whatever must not share a process with the
+benchmark (idle cost, another process enqueuing, worker memory) runs in a
+subprocess (:mod:`benchmarks.child`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import minijobs
+
+from . import jobs
+from .harness import ROOT, Progress, Result, Target, child_env, median, percentile, run_child
+
+# Targets on the reference 2-core machine (see benchmarks/README.md).
+T_ENQUEUE = Target(">=", 30_000)
+T_ENQUEUE_MANY = Target(">=", 200_000)
+T_DRAIN = {"async": Target(">=", 50_000), "thread": Target(">=", 15_000)}
+T_LAT_P50 = Target("<=", 0.5)
+T_LAT_P99 = Target("<=", 2.0)
+T_LAT_XPROC_P50 = Target("<=", 10.0)
+T_IDLE = Target("<=", 1.0)
+T_SCALE_RATIO = Target(">=", 0.8)
+T_SCALE_MEMORY = Target("<=", 1.2)
+
+SCALE_SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
+
+
+@dataclass(slots=True)
+class Settings:
+    repeat: int = 3
+    quick: bool = False
+    enqueue_jobs: int = 20_000
+    many_jobs: int = 100_000
+    many_batch: int = 10_000
+    drain_jobs: int = 20_000
+    latency_samples: int = 200
+    scale: list[str] = field(default_factory=lambda: ["10k", "100k"])
+    scale_sample: int = 10_000
+    idle_s: float = 10.0
+    executors: list[str] = field(default_factory=lambda: ["async", "thread", "process"])
+    concurrency: int | None = None
+    workload: str | None = None
+    workload_args: list[Any] = field(default_factory=list)
+    workload_kwargs: dict[str, Any] = field(default_factory=dict)
+    workload_executor: str = "async"
+    workload_jobs: int = 2_000
+
+    @classmethod
+    def quick_run(cls) -> Settings:
+        return cls(
+            repeat=1, quick=True, enqueue_jobs=2_000, many_jobs=20_000, many_batch=5_000, drain_jobs=3_000,
+            latency_samples=40, scale=["10k"], scale_sample=2_000, idle_s=2.0, workload_jobs=300,
+        )
+
+
+class Bench:
+    """Holds settings, the temp dir and the progress printer shared by the cases."""
+
+    def __init__(self, settings: Settings, tmp: Path, progress: Progress) -> None:
+        self.s = settings
+        self.tmp = tmp
+        self.progress = progress
+        self._n = 0
+
+    def db(self, label: str) -> Path:
+        self._n += 1
+        return self.tmp / f"{self._n:03d}-{label}.sqlite3"
+
+    def app(self, label: str, *, executor: str = "async", **options: Any) -> minijobs.App:
+        app = jobs.build_app(self.db(label), executor=executor, concurrency=self.s.concurrency, **options)
+        app.open()
+        return app
+
+    # -- enqueue ---------------------------------------------------------------
+
+    def enqueue(self) -> list[Result]:
+        s = self.s
+        single = Result("enqueue", "one call at a time", "jobs/s", target=T_ENQUEUE,
+                        note=f"{s.enqueue_jobs:,} x fn.enqueue(i), durability=normal")
+        full = Result("enqueue", "one call at a time, durability=full", "jobs/s",
+                      note=f"{s.enqueue_jobs:,} x fn.enqueue(i)")
+        many = Result("enqueue", "enqueue_many", "jobs/s", target=T_ENQUEUE_MANY,
+                      note=f"{s.many_jobs:,} jobs in calls of {s.many_batch:,} prepare()d requests")
+        for rep in range(s.repeat):
+            for result, durability in ((single, "normal"), (full, "full")):
+                with _closing(self.app("enqueue", durability=durability)) as app:
+                    fn = app.registry[jobs.NOOP]
+                    for i in range(100):  # warm the statement cache and the file
+                        fn.enqueue(i)
+                    n = s.enqueue_jobs
+                    t0 = time.perf_counter()
+                    for i in range(n):
+                        fn.enqueue(i)
+                    rate = n / (time.perf_counter() - t0)
+                result.samples.append(rate)
+                self.progress("enqueue %s, run %d/%d: %s jobs/s", result.name, rep + 1, s.repeat, f"{rate:,.0f}")
+            with _closing(self.app("enqueue-many")) as app:
+                fn = app.registry[jobs.NOOP]
+                app.enqueue_many([fn.prepare(i) for i in range(100)])
+                t0 = time.perf_counter()
+                done = 0
+                while done < s.many_jobs:
+                    size = min(s.many_batch, s.many_jobs - done)
+                    app.enqueue_many([fn.prepare(i) for i in range(done, done + size)])
+                    done += size
+                rate = done / (time.perf_counter() - t0)
+            many.samples.append(rate)
+            self.progress("enqueue_many, run %d/%d: %s jobs/s", rep + 1, s.repeat, f"{rate:,.0f}")
+        return [_finish(r) for r in (single, full, many)]
+
+    # -- drain -----------------------------------------------------------------
+
+    def drain(self) -> list[Result]:
+        results: list[Result] = []
+        for kind in self.s.executors:
+            results.extend(self._drain_executor(kind))
+        return results
+
+    def _drain_executor(self, kind: str) -> list[Result]:
+        s = self.s
+        name = jobs.NOOP if kind == "async" else jobs.NOOP_SYNC
+        worker_result = Result("drain", f"{kind} executor, running worker", "jobs/s", target=T_DRAIN.get(kind),
+                               note=f"{s.drain_jobs:,} pending no-op jobs, worker start to all succeeded")
+        burst_result = Result("drain", f"{kind} executor, app.drain()", "jobs/s",
+                              note=f"{s.drain_jobs:,} pending no-op jobs, burst worker")
+        try:
+            jobs.executor_class(kind)
+        except ImportError as exc:
+            for r in (worker_result, burst_result):
+                r.note = str(exc)
+            self.progress("drain %s: skipped (%s)", kind, exc)
+            return [worker_result, burst_result]
+        for rep in range(s.repeat):
+            with _closing(self.app(f"drain-{kind}", executor=kind)) as app:
+                _fill(app, name, s.drain_jobs)
+                elapsed, concurrency = asyncio.run(_run_until_finished(app, s.drain_jobs))
+                _expect_succeeded(app, s.drain_jobs, f"drain {kind}")
+            worker_result.samples.append(s.drain_jobs / elapsed)
+            worker_result.extra["concurrency"] = concurrency
+            with _closing(self.app(f"drain-burst-{kind}", executor=kind)) as app:
+                _fill(app, name, s.drain_jobs)
+                t0 = time.perf_counter()
+                ran = app.drain()
+                elapsed_burst = time.perf_counter() - t0
+                if ran != s.drain_jobs:
+                    raise RuntimeError(f"app.drain() ran {ran} jobs, expected {s.drain_jobs}")
+                _expect_succeeded(app, s.drain_jobs, f"drain() {kind}")
+            burst_result.samples.append(s.drain_jobs / elapsed_burst)
+            self.progress("drain %s, run %d/%d: worker %s jobs/s, drain() %s jobs/s", kind, rep + 1, s.repeat,
+                          f"{worker_result.samples[-1]:,.0f}", f"{burst_result.samples[-1]:,.0f}")
+        worker_result.note += f", concurrency {worker_result.extra.get('concurrency')}"
+        return [_finish(worker_result), _finish(burst_result)]
+
+    # -- latency ---------------------------------------------------------------
+
+    def latency(self) -> list[Result]:
+        s = self.s
+        out: list[Result] = []
+        variants: list[tuple[str, Callable[[], list[float]]]] = [
+            ("same process, thread worker", self._latency_thread_worker),
+            ("same process, async worker", self._latency_async_worker),
+            ("another process", self._latency_cross_process),
+        ]
+        for label, run in variants:
+            p50 = Result("latency", f"enqueue-to-start p50, {label}", "ms",
+                         target=T_LAT_XPROC_P50 if label == "another process" else T_LAT_P50,
+                         note=f"{s.latency_samples} jobs on an idle worker, one at a time")
+            p99 = Result("latency", f"enqueue-to-start p99, {label}", "ms",
+                         target=None if label == "another process" else T_LAT_P99)
+            for rep in range(s.repeat):
+                samples = [x * 1000 for x in run()]
+                p50.samples.append(percentile(samples, 50))
+                p99.samples.append(percentile(samples, 99))
+                self.progress("latency %s, run %d/%d: p50 %.3f ms, p99 %.3f ms", label, rep + 1, s.repeat,
+                              p50.samples[-1], p99.samples[-1])
+            out += [_finish(p50), _finish(p99)]
+        return out
+
+    def _latency_thread_worker(self) -> list[float]:
+        samples: list[float] = []
+        started = threading.Event()
+
+        def record(delta: float) -> None:
+            samples.append(delta)
+            started.set()
+
+        with _closing(self.app("latency-thread")) as app, _stamping(record), app.running() as worker:
+            fn = app.registry[jobs.STAMP]
+            total = self.s.latency_samples + 5
+            for i in range(total):
+                started.clear()
+                fn.enqueue(time.time())
+                if not started.wait(10):
+                    raise RuntimeError("latency job did not start within 10 s")
+                _wait_for(lambda: worker.jobs_finished > i, 10)
+                time.sleep(random.uniform(0.001, 0.003))  # the worker goes back to sleep
+        return samples[5:]
+
+    def _latency_async_worker(self) -> list[float]:
+        samples: list[float] = []
+
+        async def main(app: minijobs.App) -> None:
+            started = asyncio.Event()
+
+            def record(delta: float) -> None:
+                samples.append(delta)
+                started.set()
+
+            fn = app.registry[jobs.STAMP]
+            with _stamping(record):
+                async with app.worker() as worker:
+                    for i in range(self.s.latency_samples + 5):
+                        started.clear()
+                        await fn.enqueue_async(time.time())
+                        async with asyncio.timeout(10):
+                            await started.wait()
+                            while worker.jobs_finished <= i:
+                                await asyncio.sleep(0.0005)
+                        await asyncio.sleep(random.uniform(0.001, 0.003))
+
+        with _closing(self.app("latency-async")) as app:
+            asyncio.run(main(app))
+        return samples[5:]
+
+    def _latency_cross_process(self) -> list[float]:
+        samples: list[float] = []
+        warmup = 5
+        total = self.s.latency_samples + warmup
+        with _closing(self.app("latency-xproc")) as app, _stamping(samples.append), app.running() as worker:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.child", "enqueue-stamps", "--db", app.path,
+                 "--count", str(total), "--min-gap-s", "0.005", "--max-gap-s", "0.015"],
+                cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            try:
+                out, err = proc.communicate(timeout=120)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            if proc.returncode != 0:
+                raise RuntimeError(f"enqueuing child failed ({proc.returncode}):\n{err[-4000:]}")
+            _wait_for(lambda: worker.jobs_finished >= total, 30)
+        return samples[warmup:]
+
+    # -- scale -----------------------------------------------------------------
+
+    def scale(self) -> list[Result]:
+        s = self.s
+        results: list[Result] = []
+        base_rate: float | None = None
+        base_rss: float | None = None
+        for label in s.scale:
+            size = SCALE_SIZES[label]
+            path = self.db(f"scale-{label}")
+            with _closing(jobs.build_app(path)) as app:
+                app.open()
+            t0 = time.perf_counter()
+            _insert_backlog(path, pending=size, finished=size)
+            self.progress("scale %s: built %s pending + %s finished rows in %.1f s", label, f"{size:,}",
+                          f"{size:,}", time.perf_counter() - t0)
+            rate = Result("scale", f"drain rate, {label} pending", "jobs/s",
+                          note=f"{min(s.scale_sample, size):,} jobs drained by a worker subprocess "
+                               f"(async executor) from {size:,} pending + {size:,} finished rows")
+            rss = Result("scale", f"worker RSS after draining, {label} pending", "MiB")
+            growth = Result("scale", f"worker RSS growth while draining, {label} pending", "MiB")
+            for rep in range(s.repeat):
+                _top_up(path, size)
+                sample = min(s.scale_sample, size)
+                data = run_child(["scale-drain", "--db", str(path), "--count", str(sample)], timeout_s=600)
+                rate.samples.append(data["rate"])
+                rss.samples.append(data["rss_end"] / 2**20)
+                growth.samples.append((data["rss_end"] - data["rss_start"]) / 2**20)
+                self.progress("scale %s, run %d/%d: %s jobs/s, RSS %.1f MiB (+%.1f)", label, rep + 1, s.repeat,
+                              f"{data['rate']:,.0f}", rss.samples[-1], growth.samples[-1])
+            _finish(rate)
+            _finish(rss)
+            _finish(growth)
+            results += [rate, rss, growth]
+            if base_rate is None:
+                base_rate, base_rss = rate.value, rss.value
+                base_label = label
+            else:
+                assert rate.value is not None and rss.value is not None and base_rss is not None
+                results.append(Result("scale", f"drain rate {label} / {base_label}", "x", value=rate.value / base_rate,
+                                      target=T_SCALE_RATIO, note="within 20% of the smallest backlog"))
+                results.append(Result("scale", f"worker RSS {label} / {base_label}", "x", value=rss.value / base_rss,
+                                      target=T_SCALE_MEMORY, note="memory flat: at most 20% above the smallest"))
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return results
+
+    # -- idle ------------------------------------------------------------------
+
+    def idle(self) -> list[Result]:
+        s = self.s
+        result = Result("idle", f"worker CPU over {s.idle_s:g} s", "%", target=T_IDLE,
+                        note="idle worker (heartbeat + change watcher) in a subprocess; % of one core")
+        path = self.db("idle")
+        with _closing(jobs.build_app(path)) as app:
+            app.open()
+        windows = max(1, s.repeat)
+        data = run_child(["idle", "--db", str(path), "--seconds", str(s.idle_s), "--windows", str(windows)],
+                         timeout_s=s.idle_s + 60)
+        result.samples = data["windows"]
+        result.extra["total_percent"] = data["total"]
+        self.progress("idle: %.2f %% of a core (windows %s)", data["total"], [round(x, 2) for x in data["windows"]])
+        return [_finish(result)]
+
+    # -- the user's workload -----------------------------------------------------
+
+    def workload(self) -> list[Result]:
+        s = self.s
+        assert s.workload is not None
+        func = jobs.load_workload(s.workload)
+        label = f"{s.workload} ({s.workload_executor})"
+        throughput = Result("workload", f"{label} throughput", "jobs/s",
+                            note=f"{s.workload_jobs:,} pending jobs, worker start to all finished")
+        p50 = Result("workload", f"{label} enqueue-to-start p50", "ms",
+                     note=f"{s.latency_samples} jobs one at a time, same process")
+        p99 = Result("workload", f"{label} enqueue-to-start p99", "ms")
+        name = f"{func.__module__}.{func.__qualname__}".replace("<", "_").replace(">", "_")
+        for rep in range(s.repeat):
+            with _closing(self.app("workload", executor=s.workload_executor)) as app:
+                fn = app.job(name=name)(func)
+                requests = [fn.prepare(*s.workload_args, **s.workload_kwargs) for _ in range(s.workload_jobs)]
+                app.enqueue_many(requests)
+                elapsed, _ = asyncio.run(_run_until_finished(app, s.workload_jobs))
+                counts = app.store.count_by_state()
+                failed = counts[minijobs.JobState.FAILED]
+            throughput.samples.append(s.workload_jobs / elapsed)
+            if failed:
+                throughput.note += f"; {failed} jobs FAILED (see app.jobs(state='failed'))"
+            if s.workload_executor == "process":
+                self.progress("workload, run %d/%d: %s jobs/s", rep + 1, s.repeat, f"{throughput.samples[-1]:,.0f}")
+                continue
+            samples = self._workload_latency(func, name)
+            p50.samples.append(percentile(samples, 50) * 1000)
+            p99.samples.append(percentile(samples, 99) * 1000)
+            self.progress("workload, run %d/%d: %s jobs/s, p50 %.3f ms, p99 %.3f ms", rep + 1, s.repeat,
+                          f"{throughput.samples[-1]:,.0f}", p50.samples[-1], p99.samples[-1])
+        if s.workload_executor == "process":
+            p50.note = p99.note = "not measured for the process executor (the timing wrapper cannot cross processes)"
+            return [_finish(throughput), p50, p99]
+        return [_finish(throughput), _finish(p50), _finish(p99)]
+
+    def _workload_latency(self, func: Callable[..., Any], name: str) -> list[float]:
+        """Enqueue-to-start of the user's function, timed by a wrapper registered under its name."""
+        s = self.s
+        starts: list[float] = []
+        started = threading.Event()
+
+        def mark() -> None:
+            starts.append(time.time())
+            started.set()
+
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def timed(*args: Any, **kwargs: Any) -> Any:
+                mark()
+                return await func(*args, **kwargs)
+        else:
+            @functools.wraps(func)
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                mark()
+                return func(*args, **kwargs)
+
+        samples: list[float] = []
+        with _closing(self.app("workload-latency", executor=s.workload_executor)) as app:
+            fn = app.job(name=name)(timed)
+            with app.running() as worker:
+                for i in range(s.latency_samples + 5):
+                    started.clear()
+                    sent = time.time()
+                    fn.enqueue(*s.workload_args, **s.workload_kwargs)
+                    if not started.wait(60):
+                        raise RuntimeError("workload job did not start within 60 s")
+                    samples.append(starts[-1] - sent)
+                    _wait_for(lambda: worker.jobs_finished > i, 600)
+                    time.sleep(random.uniform(0.001, 0.003))
+        return samples[5:]
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+class _closing:
+    """``with _closing(app) as app:`` closes the app's store at the end."""
+
+    def __init__(self, app: minijobs.App) -> None:
+        self.app = app
+
+    def __enter__(self) -> minijobs.App:
+        return self.app
+
+    def __exit__(self, *exc: object) -> None:
+        self.app.close()
+
+
+class _stamping:
+    """Route the stamp jobs' measurements to ``callback`` for the duration of the block."""
+
+    def __init__(self, callback: Callable[[float], None]) -> None:
+        self.callback = callback
+
+    def __enter__(self) -> None:
+        jobs.on_stamp = self.callback
+
+    def __exit__(self, *exc: object) -> None:
+        jobs.on_stamp = None
+
+
+def _finish(result: Result) -> Result:
+    if result.samples:
+        result.value = median(result.samples)
+    return result
+
+
+def _fill(app: minijobs.App, name: str, n: int) -> None:
+    fn = app.registry[name]
+    for start in range(0, n, 10_000):
+        app.enqueue_many([fn.prepare(i) for i in range(start, min(n, start + 10_000))])
+
+
+async def _run_until_finished(app: minijobs.App, n: int) -> tuple[float, int]:
+    """Start a worker, return (seconds until it finished ``n`` attempts, queue concurrency)."""
+    t0 = time.perf_counter()
+    async with app.worker() as worker:
+        while worker.jobs_finished < n:
+            await asyncio.sleep(0.001)
+        elapsed = time.perf_counter() - t0
+        concurrency = sum(e.concurrency for e in worker.executors.values())
+    return elapsed, concurrency
+
+
+def _expect_succeeded(app: minijobs.App, n: int, what: str) -> None:
+    counts = app.store.count_by_state()
+    if counts[minijobs.JobState.SUCCEEDED] != n:
+        raise RuntimeError(f"{what}: expected {n} succeeded jobs, found {dict(counts)}")
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s} s")
+        time.sleep(0.0002)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+_BACKLOG_SQL = """
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count)
+INSERT INTO minijobs_jobs (name, queue, payload, state, priority, attempts, max_attempts, scheduled_at, created_at,
+                           started_at, completed_at)
+SELECT :name, 'default', '{"args":[' || i || '],"kwargs":{}}', :state, 0, :attempts, 1, :now, :now,
+       CASE WHEN :state = 'succeeded' THEN :now END, CASE WHEN :state = 'succeeded' THEN :now END
+FROM n
+"""
+
+
+def _insert_backlog(path: Path, *, pending: int, finished: int) -> None:
+    """Raw SQL set-up: ``finished`` succeeded rows (history) then ``pending`` runnable no-op jobs."""
+    now = time.time()
+    conn = _connect(path)
+    try:
+        for count, state, attempts in ((finished, "succeeded", 1), (pending, "pending", 0)):
+            if count:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_BACKLOG_SQL, {"count": count, "name": jobs.NOOP, "state": state,
+                                            "attempts": attempts, "now": now})
+                conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def _top_up(path: Path, size: int) -> None:
+    conn = _connect(path)
+    try:
+        (pending,) = conn.execute(
+            "SELECT count(*) FROM minijobs_jobs WHERE state IN ('pending', 'retrying')").fetchone()
+    finally:
+        conn.close()
+    if pending < size:
+        _insert_backlog(path, pending=size - pending, finished=0)
+
+
+def parse_json_arg(text: str, kind: type) -> Any:
+    value = json.loads(text)
+    if not isinstance(value, kind):
+        raise ValueError(f"expected a JSON {kind.__name__}, got {text!r}")
+    return value

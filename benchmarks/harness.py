@@ -1,0 +1,213 @@
+"""Plumbing shared by the benchmarks: results with targets, medians, progress, the table and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """``value op bound`` must hold: ``op`` is ``">="`` or ``"<="``."""
+
+    op: str
+    bound: float
+
+    def check(self, value: float) -> bool:
+        return value >= self.bound if self.op == ">=" else value <= self.bound
+
+
+@dataclass(slots=True)
+class Result:
+    """One figure of the report: the median of ``samples`` (or a note why it was skipped)."""
+
+    group: str
+    name: str
+    unit: str
+    value: float | None = None
+    samples: list[float] = field(default_factory=list)
+    target: Target | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool | None:
+        if self.target is None or self.value is None:
+            return None
+        return self.target.check(self.value)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+
+def median(samples: Sequence[float]) -> float:
+    return float(statistics.median(samples))
+
+
+def percentile(samples: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (no interpolation: p99 of 200 samples is the 198th smallest)."""
+    ordered = sorted(samples)
+    if not ordered:
+        raise ValueError("no samples")
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.4999)))
+    return ordered[rank - 1]
+
+
+class Progress:
+    """Progress lines on stderr, so stdout carries only the table."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.started = time.monotonic()
+
+    def __call__(self, message: str, *args: Any) -> None:
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.started
+        print(f"[{elapsed:7.1f}s] {message % args if args else message}", file=sys.stderr, flush=True)
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (VmRSS), or the peak where /proc is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child_env() -> dict[str, str]:
+    """Environment for benchmark subprocesses: the checkout first on the path, no bytecode surprises."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def run_child(args: Sequence[str], *, timeout_s: float) -> dict[str, Any]:
+    """Run ``python -m benchmarks.child ARGS`` and return the JSON object it prints last."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.child", *args],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child {list(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"benchmark child {list(args)} printed no result:\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
+def machine_info() -> dict[str, Any]:
+    commit = ""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "minijobs"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if dirty:
+            commit += "+dirty"
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "commit": commit,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# -- the report ------------------------------------------------------------
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "jobs/s":
+        return f"{value:,.0f} {unit}"
+    if unit == "ms":
+        return f"{value:.3f} ms" if value < 1 else f"{value:.2f} ms"
+    if unit == "MiB":
+        return f"{value:,.1f} MiB"
+    if unit == "%":
+        return f"{value:.2f} %"
+    if unit == "x":
+        return f"{value:.2f}x"
+    return f"{value:,.3g} {unit}"
+
+
+def _fmt_target(result: Result) -> str:
+    if result.target is None:
+        return ""
+    return f"{result.target.op} {_fmt(result.target.bound, result.unit)}"
+
+
+def format_table(results: Sequence[Result]) -> str:
+    rows = [("benchmark", "figure", "median", "target", "")]
+    for r in results:
+        mark = {True: "PASS", False: "FAIL", None: ""}[r.ok]
+        value = _fmt(r.value, r.unit) if r.value is not None else "skipped"
+        rows.append((r.group, r.name, value, _fmt_target(r), mark))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = []
+    for i, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]) if i else row[2].ljust(widths[2]),
+                 row[3].ljust(widths[3]), row[4]]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  ----")
+    notes = [f"- {r.group} / {r.name}: {r.note}" for r in results if r.note]
+    if notes:
+        lines += ["", "notes:", *notes]
+    return "\n".join(lines)
+
+
+def format_markdown(results: Sequence[Result]) -> str:
+    lines = ["| benchmark | figure | median | target | |", "|---|---|---:|---|---|"]
+    for r in results:
+        mark = {True: "pass", False: "**FAIL**", None: ""}[r.ok]
+        value = _fmt(r.value, r.unit) if r.value is not None else f"skipped: {r.note}"
+        lines.append(f"| {r.group} | {r.name} | {value} | {_fmt_target(r)} | {mark} |")
+    return "\n".join(lines)
+
+
+def write_json(path: str, results: Sequence[Result], settings: dict[str, Any]) -> None:
+    data = {"machine": machine_info(), "settings": settings, "results": [r.as_dict() for r in results]}
+    Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
