@@ -622,6 +622,38 @@ class SQLiteStore:
             counts[JobState(state)] = n
         return counts
 
+    def count_by_queue(self) -> dict[str, dict[JobState, int]]:
+        """Job counts per queue and state, for every queue that has jobs (CLI ``queues list``)."""
+        with self._read("count jobs by queue") as conn:
+            rows = conn.execute("SELECT queue, state, count(*) FROM minijobs_jobs GROUP BY queue, state").fetchall()
+        out: dict[str, dict[JobState, int]] = {}
+        for queue, state, n in rows:
+            out.setdefault(queue, {s: 0 for s in JobState})[JobState(state)] = n
+        return out
+
+    def finished_per_bucket(self, *, since: float, bucket_s: float) -> list[tuple[int, JobState, int]]:
+        """Jobs that reached a terminal state since ``since``, as ``(bucket, state, count)``.
+
+        Bucket ``i`` covers ``[since + i * bucket_s, since + (i + 1) * bucket_s)``;
+        served by the ``completed_at`` index of finished jobs (CLI ``stats``).
+        """
+        with self._read("count finished jobs") as conn:
+            rows = conn.execute(
+                "SELECT CAST((completed_at - ?) / ? AS INTEGER) AS bucket, state, count(*) FROM minijobs_jobs "
+                "WHERE state IN ('succeeded', 'failed', 'cancelled') AND completed_at >= ? "
+                "GROUP BY bucket, state ORDER BY bucket",
+                (since, bucket_s, since),
+            ).fetchall()
+        return [(int(bucket), JobState(state), int(n)) for bucket, state, n in rows]
+
+    def oldest_due(self, *, now: float) -> float | None:
+        """Earliest ``scheduled_at`` among runnable jobs already due (None if none waits): the queue lag."""
+        with self._read("oldest due job") as conn:
+            row = conn.execute(
+                f"SELECT min(scheduled_at) FROM minijobs_jobs WHERE {_RUNNABLE} AND scheduled_at <= ?", (now,)
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     # -- queues ------------------------------------------------------------
 
     def set_paused(self, queue: str, paused: bool) -> None:

@@ -1,0 +1,399 @@
+"""The command line, run as real subprocesses (``python -m minijobs``) against a temporary app module."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import minijobs
+from minijobs import cli
+from minijobs.errors import ConfigurationError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TASKS = '''
+import asyncio
+import time
+from pathlib import Path
+
+import minijobs
+
+HERE = Path(__file__).resolve().parent
+app = minijobs.App(HERE / "jobs.sqlite3", queues=[minijobs.Queue("default"), minijobs.Queue("mail", concurrency=2)])
+
+
+@app.job(name="add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@app.job(name="send", queue="mail")
+def send(to: str, subject: str = "hi") -> None:
+    raise RuntimeError(f"smtp down for {to}")
+
+
+@app.job(name="slow")
+def slow() -> str:
+    (HERE / "started").write_text("1")
+    while not (HERE / "release").exists():
+        time.sleep(0.01)
+    return "done"
+
+
+@app.job(name="stuck")
+async def stuck() -> None:
+    (HERE / "started").write_text("1")
+    await asyncio.sleep(3600)
+
+
+not_an_app = 42
+'''
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "tasks.py").write_text(TASKS)
+    return tmp_path
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), e.get("PYTHONPATH")]))
+    e["PYTHONUNBUFFERED"] = "1"
+    return e
+
+
+def mj(cwd: Path, *args: str, rc: int = 0, app: str | None = "tasks:app") -> subprocess.CompletedProcess[str]:
+    """Run ``python -m minijobs [--app tasks:app] ARGS`` in ``cwd`` and check its exit status."""
+    argv = [sys.executable, "-m", "minijobs", *(["--app", app] if app else []), *args]
+    proc = subprocess.run(argv, cwd=cwd, env=env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == rc, f"{args}: rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def mj_json(cwd: Path, *args: str, app: str | None = "tasks:app") -> object:
+    return json.loads(mj(cwd, *args, "--json", app=app).stdout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
+    lines = proc.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("minijobs: error: "), proc.stderr
+    assert fragment in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# -- end to end ----------------------------------------------------------------
+
+
+def test_enqueue_run_and_inspect(project: Path) -> None:
+    out = mj(project, "enqueue", "add", "--args", "[2, 3]").stdout
+    assert out.startswith("enqueued job 1 (add) on queue default")
+    created = mj_json(project, "enqueue", "send", "--args", '["ann@example.com"]', "--kwargs", '{"subject": "x"}')
+    assert created["id"] == 2 and created["created"] is True and created["job"]["queue"] == "mail"
+
+    listed = mj(project, "jobs", "list").stdout.splitlines()
+    assert listed[0].split()[:4] == ["ID", "STATE", "QUEUE", "NAME"]
+    assert [line.split()[:3] for line in listed[1:]] == [["2", "pending", "mail"], ["1", "pending", "default"]]
+
+    worker = mj(project, "worker", "--burst")
+    assert "started" in worker.stderr and "stopped after 2 job attempt(s)" in worker.stderr
+
+    jobs = mj_json(project, "jobs", "list")
+    assert [(j["id"], j["state"]) for j in jobs] == [(2, "failed"), (1, "succeeded")]
+    assert mj_json(project, "jobs", "list", "--state", "succeeded") == [jobs[1]]
+    assert [j["id"] for j in mj_json(project, "jobs", "list", "--queue", "mail")] == [2]
+    add_job = mj_json(project, "jobs", "show", "1")
+    assert add_job["result"] == 5 and add_job["args"] == [2, 3] and add_job["completed_at"].endswith("Z")
+    shown = mj(project, "jobs", "show", "2").stdout
+    assert "state:            failed" in shown
+    assert "RuntimeError: smtp down for ann@example.com" in shown and "last traceback:" in shown
+
+
+def test_enqueue_refuses_bad_input_with_one_line_and_writes_nothing(project: Path) -> None:
+    assert_one_line_error(mj(project, "enqueue", "nope", rc=1), "no job named 'nope' is registered by this app (registered: add, send, slow, stuck)")
+    assert_one_line_error(mj(project, "enqueue", "add", "--args", "[1", rc=1), "--args is not valid JSON")
+    assert_one_line_error(mj(project, "enqueue", "add", "--args", "[NaN, 1]", rc=1), "NaN is not valid JSON")
+    assert_one_line_error(mj(project, "enqueue", "add", "--args", '{"a": 1}', rc=1), "--args must be a JSON array")
+    assert_one_line_error(mj(project, "enqueue", "add", "--kwargs", "[]", rc=1), "--kwargs must be a JSON object")
+    assert_one_line_error(mj(project, "enqueue", "add", "--args", "[1]", rc=1), "missing a required argument: 'b'")
+    assert_one_line_error(mj(project, "enqueue", "add", "--args", "[1, 2]", "--queue", "bad name", rc=1), "queue name")
+    assert mj_json(project, "jobs", "list") == []
+
+
+def test_enqueue_options_and_unique_key(project: Path) -> None:
+    first = mj_json(project, "enqueue", "add", "--args", "[1, 1]", "--priority", "7", "--delay-s", "3600",
+                    "--max-attempts", "4", "--unique-key", "k1")
+    job = first["job"]
+    assert (job["priority"], job["max_attempts"], job["unique_key"]) == (7, 4, "k1")
+    assert job["scheduled_at"] > job["created_at"]
+    again = mj(project, "enqueue", "add", "--args", "[1, 1]", "--unique-key", "k1").stdout
+    assert again.startswith(f"job {first['id']} with unique key 'k1' is already pending; nothing enqueued")
+    stats = mj_json(project, "stats")
+    assert stats["counts"]["pending"] == 1 and stats["oldest_due_age_s"] is None  # not due for an hour
+
+
+def test_retry_and_cancel(project: Path) -> None:
+    for to in ("a", "b"):
+        mj(project, "enqueue", "send", "--args", json.dumps([to]))
+    mj(project, "enqueue", "add", "--args", "[1, 1]")
+    cancelled = mj_json(project, "jobs", "cancel", "3")
+    assert [j["state"] for j in cancelled] == ["cancelled"]
+    mj(project, "worker", "--burst")
+    assert [j["id"] for j in mj_json(project, "jobs", "list", "--state", "failed")] == [2, 1]
+    out = mj(project, "jobs", "retry", "--failed").stdout
+    assert out.splitlines() == ["job 2 (send): pending", "job 1 (send): pending"]
+    assert_one_line_error(mj(project, "jobs", "retry", "3", "1", rc=1), "job 1 is pending; only finished jobs can be retried")
+    assert_one_line_error(mj(project, "jobs", "show", "99", rc=1), "no job with id 99")
+    assert_one_line_error(mj(project, "jobs", "retry", rc=1), "nothing to retry")
+    proc = mj(project, "jobs", "show", "x", rc=2)
+    assert "job id must be a whole number" in proc.stderr
+
+
+def test_queues_pause_resume_and_list(project: Path) -> None:
+    mj(project, "enqueue", "add", "--args", "[1, 1]")
+    assert "paused queue default" in mj(project, "queues", "pause", "default").stdout
+    mj(project, "queues", "pause", "reports")  # not declared, not used yet: still recorded
+    mj(project, "worker", "--burst")
+    rows = {r["name"]: r for r in mj_json(project, "queues", "list")}
+    assert list(rows) == ["default", "mail", "reports"]
+    assert rows["default"]["paused"] and rows["default"]["counts"]["pending"] == 1
+    assert rows["mail"] == {"name": "mail", "declared": True, "executor": "AsyncExecutor", "concurrency": 2,
+                            "paused": False, "counts": {s.value: 0 for s in minijobs.JobState}}
+    assert rows["reports"]["declared"] is False and rows["reports"]["paused"] is True
+    mj(project, "queues", "resume", "default")
+    mj(project, "worker", "--burst")
+    assert mj_json(project, "jobs", "show", "1")["state"] == "succeeded"
+    table = mj(project, "queues", "list").stdout.splitlines()
+    assert table[0].split()[:4] == ["QUEUE", "EXECUTOR", "CONCURRENCY", "PAUSED"]
+
+
+def test_stats_prune_and_migrate(project: Path) -> None:
+    for i in range(3):
+        mj(project, "enqueue", "add", "--args", json.dumps([i, i]))
+    mj(project, "worker", "--burst")
+    mj(project, "enqueue", "add", "--args", "[9, 9]")
+    stats = mj_json(project, "stats", "--minutes", "2")
+    assert stats["counts"]["succeeded"] == 3 and stats["counts"]["pending"] == 1
+    assert stats["finished"] == {"succeeded": 3, "failed": 0, "cancelled": 0}
+    assert sum(stats["finished_per_minute"]) == 3 and len(stats["finished_per_minute"]) == 2
+    assert stats["throughput_per_minute"] == 1.5
+    assert stats["oldest_due_age_s"] >= 0
+    human = mj(project, "stats").stdout
+    assert "jobs by state:  pending 1, running 0, retrying 0, succeeded 3" in human
+    assert "oldest due job: waiting" in human
+
+    assert mj_json(project, "prune")["jobs"] == 0  # default: older than 7 days
+    assert mj_json(project, "prune", "--older-than", "0s")["jobs"] == 3
+    assert [j["state"] for j in mj_json(project, "jobs", "list")] == ["pending"]
+    bad = mj(project, "prune", "--older-than", "soon", rc=2)
+    assert "invalid duration 'soon'" in bad.stderr
+
+    migrated = mj_json(project, "migrate")
+    assert migrated["versions"]["minijobs"] >= 1
+
+
+def test_db_option_inspects_without_importing_the_app(project: Path) -> None:
+    new = project / "fresh.sqlite3"
+    assert_one_line_error(mj(project, "--db", str(new), "jobs", "list", app=None, rc=1), "no database at")
+    assert not new.exists()
+    mj(project, "--db", str(new), "migrate", app=None)
+    assert new.exists()
+    mj(project, "enqueue", "add", "--args", "[1, 2]")
+    jobs = mj_json(project, "jobs", "list", "--db", "jobs.sqlite3", app=None)  # options also after the command
+    assert [j["name"] for j in jobs] == ["add"]
+    assert_one_line_error(mj(project, "--db", "jobs.sqlite3", "enqueue", "add", app=None, rc=1), "enqueue needs --app")
+    assert_one_line_error(mj(project, "--db", "jobs.sqlite3", "jobs", "list", rc=1), "give --app or --db, not both")
+
+
+def test_app_loading_errors_are_one_line(project: Path) -> None:
+    assert_one_line_error(mj(project, "jobs", "list", app="tasks", rc=1), "expected module:attribute")
+    assert_one_line_error(mj(project, "jobs", "list", app="nowhere:app", rc=1), "cannot import module 'nowhere'")
+    assert_one_line_error(mj(project, "jobs", "list", app="tasks:missing", rc=1), "has no attribute 'missing'")
+    assert_one_line_error(mj(project, "jobs", "list", app="tasks:not_an_app", rc=1), "is a int, not a minijobs.App")
+    assert_one_line_error(mj(project, "jobs", "list", app=None, rc=1), "no app given")
+    (project / "notadb.sqlite3").write_text("hello")
+    assert_one_line_error(mj(project, "--db", "notadb.sqlite3", "jobs", "list", app=None, rc=1), "not a SQLite database")
+    usage = mj(project, app=None, rc=2)
+    assert "usage: minijobs" in usage.stderr
+
+
+# -- configuration file ----------------------------------------------------------
+
+
+def test_config_file_supplies_app_queues_and_worker_options(project: Path) -> None:
+    (project / "minijobs.toml").write_text(textwrap.dedent('''
+        app = "tasks:app"
+
+        [worker]
+        queues = ["default"]
+        concurrency = 3
+
+        [queues.mail]
+        concurrency = 5
+
+        [queues.reports]
+        executor = "async"
+        options = { sync_threads = 2 }
+    '''))
+    mj(project, "enqueue", "add", "--args", "[1, 1]", app=None)
+    mj(project, "enqueue", "send", "--args", '["x"]', app=None)
+    rows = {r["name"]: r for r in mj_json(project, "queues", "list", app=None)}
+    assert {n: r["concurrency"] for n, r in rows.items()} == {"default": 3, "mail": 5, "reports": 3}
+    mj(project, "worker", "--burst", app=None)  # [worker] queues = ["default"]: mail is not served
+    assert [j["state"] for j in mj_json(project, "jobs", "list", app=None)] == ["pending", "succeeded"]
+    mj(project, "worker", "--burst", "--queue", "mail", "--concurrency", "1", app=None)
+    assert [j["state"] for j in mj_json(project, "jobs", "list", app=None)] == ["failed", "succeeded"]
+
+
+def test_config_errors_are_one_line(project: Path) -> None:
+    config = project / "minijobs.toml"
+    config.write_text('app = "tasks:app"\nworkers = 2\n')
+    assert_one_line_error(mj(project, "jobs", "list", app=None, rc=1), "unknown keys ['workers']")
+    config.write_text('app = "tasks:app"\n[queues.default]\nexecutor = "os.system"\n')
+    assert_one_line_error(mj(project, "jobs", "list", app=None, rc=1), "unknown executor 'os.system'")
+    config.write_text("app = \n")
+    assert_one_line_error(mj(project, "jobs", "list", app=None, rc=1), "invalid TOML")
+    assert_one_line_error(mj(project, "--config", "other.toml", "jobs", "list", app=None, rc=1), "does not exist")
+
+
+def test_apply_config_precedence_in_process(tmp_path: Path) -> None:
+    app = minijobs.App(tmp_path / "a.sqlite3", queues=[minijobs.Queue("a", concurrency=9), minijobs.Queue("b")])
+    config = cli.Config(worker={"concurrency": 4}, queues={"b": {"concurrency": 2}, "c": {}})
+    cli.apply_config(app, config)
+    assert {q.name: q.concurrency for q in app.queues} == {"a": 4, "b": 2, "c": 4}
+    cli.apply_config(app, config, concurrency=1)
+    assert {q.name: q.concurrency for q in app.queues} == {"a": 1, "b": 1, "c": 1}
+    with pytest.raises(ConfigurationError):
+        cli.apply_config(app, cli.Config(queues={"a": {"concurrency": 0}}))
+    assert app.store.count_by_state()  # never opened by apply_config, opens fine now
+    app.close()
+
+
+def test_parse_duration() -> None:
+    assert [cli.parse_duration(t) for t in ("90", "90s", "1.5m", "2h", "7d", "1w")] == [
+        90, 90, 90, 7200, 604800, 604800]
+    for bad in ("", "-1s", "1y", "s"):
+        with pytest.raises(Exception, match="invalid duration"):
+            cli.parse_duration(bad)
+
+
+def test_console_script_points_at_main() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attr = scripts["minijobs"].partition(":")
+    assert (module, attr) == ("minijobs.cli", "main")
+
+
+# -- bench ---------------------------------------------------------------------------
+
+
+def test_bench_passes_arguments_through(tmp_path: Path) -> None:
+    fake = tmp_path / "benchmarks"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("import sys\nprint('bench args', sys.argv[1:])\nraise SystemExit(3)\n")
+    proc = mj(tmp_path, "bench", "--quick", "--only", "enqueue", app=None, rc=3)
+    assert proc.stdout.strip() == "bench args ['--quick', '--only', 'enqueue']"
+
+
+# -- worker and signals -----------------------------------------------------------------
+
+
+class Worker:
+    """A ``minijobs worker`` subprocess whose stderr is read line by line in a thread."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "minijobs", "--app", "tasks:app", "worker", *args],
+            cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+
+    def wait_for(self, fragment: str, timeout_s: float = 20) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"worker never printed {fragment!r}; got:\n{''.join(self.seen)}")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            if fragment in line:
+                return line
+
+    def finish(self, timeout_s: float = 20) -> int:
+        try:
+            rc = self.proc.wait(timeout=timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._reader.join(timeout=5)
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+            assert self.proc.stderr is not None
+            self.proc.stderr.close()
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return rc
+
+
+def wait_for_file(path: Path, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_worker_sigterm_lets_the_running_job_finish(project: Path) -> None:
+    mj(project, "enqueue", "slow")
+    worker = Worker(project)
+    try:
+        worker.wait_for("started")
+        wait_for_file(project / "started")
+        worker.proc.send_signal(signal.SIGTERM)
+        worker.wait_for("stopping gracefully")
+        assert worker.proc.poll() is None  # still finishing the job
+        (project / "release").write_text("1")
+    finally:
+        rc = worker.finish()
+    assert rc == 0, "".join(worker.seen)
+    assert any("stopped after 1 job attempt(s)" in line for line in worker.seen)
+    job = mj_json(project, "jobs", "show", "1")
+    assert (job["state"], job["result"], job["attempts"]) == ("succeeded", "done", 1)
+
+
+@pytest.mark.slow
+def test_worker_sigterm_releases_a_job_that_outlives_the_grace_period(project: Path) -> None:
+    mj(project, "enqueue", "stuck")
+    worker = Worker(project, "--grace-s", "0.2")
+    try:
+        worker.wait_for("started")
+        wait_for_file(project / "started")
+        worker.proc.send_signal(signal.SIGTERM)
+    finally:
+        rc = worker.finish()
+    assert rc == 0, "".join(worker.seen)
+    job = mj_json(project, "jobs", "show", "1")
+    assert (job["state"], job["attempts"], job["lease_owner"]) == ("pending", 0, None)  # back in its queue, unharmed
