@@ -29,6 +29,10 @@ class ConfigurationError(MinijobsError, ValueError):
     """An option given to App, Queue, a job or a plugin is out of range or inconsistent."""
 
 
+class CronError(MinijobsError, ValueError):
+    """A cron expression or time zone is malformed, or the expression can never fire."""
+
+
 class UnknownJobError(MinijobsError, LookupError):
     """A job name is not in this process's registry (never imported from a string)."""
 
