@@ -278,9 +278,16 @@ class App:
                 store = SQLiteStore(
                     self.path, durability=self.durability, busy_timeout_s=self.busy_timeout_s, file_mode=self.file_mode
                 )
-                for plugin in self.plugins:
-                    plugin.migrate(self)
-                self._store = store if self._store is None else self._store
+                # Published before plugin migrations: Plugin.migrate reaches the store through
+                # ``app.store``, which would otherwise re-enter open() and deadlock on the lock.
+                self._store = store
+                try:
+                    for plugin in self.plugins:
+                        plugin.migrate(self)
+                except BaseException:
+                    self._store = None
+                    store.close()
+                    raise
             return self._store
 
     def close(self) -> None:

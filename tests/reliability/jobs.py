@@ -1,0 +1,140 @@
+"""The app and job bodies every reliability process shares.
+
+A job's behaviour is data (its ``plan`` argument), so one registered function
+can hang on its first attempt, kill its own process on every attempt, fail
+once or wait for a gate file: the scenario decides at enqueue time.  Every
+execution writes ``start`` and ``end`` to the process's ledger and returns
+``{"pid", "attempt"}`` so the checker can tell which execution's result the
+database accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import minijobs
+from minijobs import App, Plugin, Queue, current_job
+
+from .ledger import process_ledger
+
+TASK = "rel.task"
+ATASK = "rel.atask"
+
+
+def _applies(rule: Any, attempt: int) -> bool:
+    return rule is True or (isinstance(rule, list) and attempt in rule)
+
+
+def _before(plan: dict[str, Any], job_id: int, attempt: int) -> None:
+    if _applies(plan.get("die"), attempt):
+        # Record the fault first: the checker needs it to explain the next execution.
+        process_ledger().fault(os.getpid(), "crash")
+        os.kill(os.getpid(), signal.SIGKILL)
+    if _applies(plan.get("fail"), attempt):
+        raise RuntimeError(f"planned failure of job {job_id} attempt {attempt}")
+
+
+def task(plan: dict[str, Any]) -> dict[str, Any]:
+    """Synchronous body (runs in a thread or a process-pool child)."""
+    ctx = current_job()
+    job_id, attempt = ctx.id, ctx.attempt
+    ledger = process_ledger()
+    token = ledger.start(job_id, attempt)
+    outcome = "error"
+    try:
+        _before(plan, job_id, attempt)
+        if _applies(plan.get("hang"), attempt):
+            while not ctx.cancelled:
+                time.sleep(0.02)
+            outcome = "cancelled"
+            ctx.check_cancelled()
+        if plan.get("sleep_s"):
+            deadline = time.monotonic() + plan["sleep_s"]
+            while time.monotonic() < deadline:
+                if ctx.cancelled:
+                    outcome = "cancelled"
+                    ctx.check_cancelled()
+                time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+        gate = plan.get("gate")
+        if gate and plan.get("end_before_gate"):
+            ledger.end(job_id, attempt, token, "ok")
+            token = ""
+        if gate:
+            while not Path(gate).exists():
+                time.sleep(0.01)
+        outcome = "ok"
+        return {"pid": os.getpid(), "attempt": attempt}
+    finally:
+        if token:
+            ledger.end(job_id, attempt, token, outcome)
+
+
+async def atask(plan: dict[str, Any]) -> dict[str, Any]:
+    """Asynchronous body (runs as a task of the worker's loop; cancellation is hard)."""
+    ctx = current_job()
+    job_id, attempt = ctx.id, ctx.attempt
+    ledger = process_ledger()
+    token = ledger.start(job_id, attempt)
+    outcome = "error"
+    try:
+        _before(plan, job_id, attempt)
+        if _applies(plan.get("hang"), attempt):
+            await asyncio.sleep(3600)
+        if plan.get("sleep_s"):
+            await asyncio.sleep(plan["sleep_s"])
+        gate = plan.get("gate")
+        if gate and plan.get("end_before_gate"):
+            ledger.end(job_id, attempt, token, "ok")
+            token = ""
+        if gate:
+            while not Path(gate).exists():
+                await asyncio.sleep(0.01)
+        outcome = "ok"
+        return {"pid": os.getpid(), "attempt": attempt}
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    finally:
+        if token:
+            ledger.end(job_id, attempt, token, outcome)
+
+
+class LeaseSweeper(Plugin):
+    """Returns expired leases to their queue every ``every_s`` through ``store.recover_expired``.
+
+    A stand-in for the Recovery plugin that calls the store verb directly, so the
+    crash scenarios exercise the core's recovery and poison-pill accounting.
+    """
+
+    def __init__(self, every_s: float, max_rescues: int) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.max_rescues = max_rescues
+
+    @classmethod
+    def get_identifier(cls) -> str:
+        return "reliability.lease_sweeper"
+
+    async def run(self, worker: minijobs.Worker, app: App) -> None:
+        while await self.sleep(self.every_s):
+            app.store.recover_expired(now=app.clock.now(), max_rescues=self.max_rescues)
+
+
+def build_app(
+    db: str | os.PathLike[str],
+    *,
+    queues: Sequence[Queue] = (),
+    plugins: Sequence[Plugin] = (),
+    **options: Any,
+) -> App:
+    """The app of every reliability process: ``rel.task`` and ``rel.atask`` on the given queues."""
+    app = App(db, queues=list(queues) or [Queue("default")], plugins=list(plugins), **options)
+    app.job(name=TASK)(task)
+    app.job(name=ATASK)(atask)
+    return app
