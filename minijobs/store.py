@@ -17,7 +17,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -380,46 +380,60 @@ class SQLiteStore:
 
     # -- enqueue -----------------------------------------------------------
 
-    def enqueue(self, rows: Sequence[NewJob]) -> list[tuple[int, bool]]:
+    def enqueue(
+        self, rows: Sequence[NewJob], *, guard: Callable[[sqlite3.Connection], bool] | None = None
+    ) -> list[tuple[int, bool]]:
         """Insert jobs in one transaction; return ``(id, created)`` per row, in order.
 
         A row whose ``unique_key`` already has a live job returns that job's id
         with ``created=False``; the partial unique index makes this hold across
         processes racing on the same key.
+
+        ``guard`` (for plugins that own tables) runs first inside the same
+        transaction; if it returns False nothing is inserted and ``[]`` is
+        returned.  Cron uses it to record a fired slot and its job atomically.
         """
         if not rows:
             return []
+        if guard is not None:
+            with self._write("enqueue") as conn:
+                if not guard(conn):
+                    return []
+                return self._insert_rows(conn, rows)
         if len(rows) == 1 and rows[0].unique_key is None:
             # Autocommit single statement: the cheapest durable insert SQLite offers.
             with self._read("enqueue") as conn:
                 (job_id,) = conn.execute(_INSERT_RETURNING, _insert_params(rows[0])).fetchone()
             return [(job_id, True)]
         with self._write("enqueue") as conn:
-            if all(row.unique_key is None for row in rows):
-                before = _sequence(conn)
-                conn.executemany(_INSERT, [_insert_params(row) for row in rows])
-                after = _sequence(conn)
-                if after - before != len(rows):  # pragma: no cover - AUTOINCREMENT guarantees this
-                    raise StoreError("bulk enqueue allocated non-contiguous ids")
-                return [(job_id, True) for job_id in range(before + 1, after + 1)]
-            out: list[tuple[int, bool]] = []
-            for row in rows:
-                if row.unique_key is None:
-                    (job_id,) = conn.execute(_INSERT_RETURNING, _insert_params(row)).fetchone()
-                    out.append((job_id, True))
-                    continue
-                found = conn.execute(_INSERT_UNIQUE, _insert_params(row)).fetchone()
-                if found is not None:
-                    out.append((found[0], True))
-                    continue
-                existing = conn.execute(
-                    f"SELECT id FROM minijobs_jobs WHERE unique_key=? AND state IN ('pending','running','retrying')",
-                    (row.unique_key,),
-                ).fetchone()
-                if existing is None:  # pragma: no cover - the index conflict guarantees a live row
-                    raise StoreError(f"unique key {row.unique_key!r} conflicted but no live job holds it")
-                out.append((existing[0], False))
-            return out
+            return self._insert_rows(conn, rows)
+
+    def _insert_rows(self, conn: sqlite3.Connection, rows: Sequence[NewJob]) -> list[tuple[int, bool]]:
+        if all(row.unique_key is None for row in rows):
+            before = _sequence(conn)
+            conn.executemany(_INSERT, [_insert_params(row) for row in rows])
+            after = _sequence(conn)
+            if after - before != len(rows):  # pragma: no cover - AUTOINCREMENT guarantees this
+                raise StoreError("bulk enqueue allocated non-contiguous ids")
+            return [(job_id, True) for job_id in range(before + 1, after + 1)]
+        out: list[tuple[int, bool]] = []
+        for row in rows:
+            if row.unique_key is None:
+                (job_id,) = conn.execute(_INSERT_RETURNING, _insert_params(row)).fetchone()
+                out.append((job_id, True))
+                continue
+            found = conn.execute(_INSERT_UNIQUE, _insert_params(row)).fetchone()
+            if found is not None:
+                out.append((found[0], True))
+                continue
+            existing = conn.execute(
+                f"SELECT id FROM minijobs_jobs WHERE unique_key=? AND state IN ('pending','running','retrying')",
+                (row.unique_key,),
+            ).fetchone()
+            if existing is None:  # pragma: no cover - the index conflict guarantees a live row
+                raise StoreError(f"unique key {row.unique_key!r} conflicted but no live job holds it")
+            out.append((existing[0], False))
+        return out
 
     # -- claim and finish --------------------------------------------------
 
@@ -719,9 +733,13 @@ class SQLiteStore:
         before: float,
         states: Sequence[str] = ("succeeded", "failed", "cancelled"),
         queue: str | None = None,
+        exclude_queues: Sequence[str] = (),
         limit: int = 1000,
     ) -> int:
-        """Delete up to ``limit`` finished jobs completed before ``before``; return how many."""
+        """Delete up to ``limit`` finished jobs completed before ``before``; return how many.
+
+        ``exclude_queues`` spares queues that have their own retention (the Pruner's per-queue rules).
+        """
         terminal = [s for s in states if s in ("succeeded", "failed", "cancelled")]
         if not terminal:
             return 0
@@ -734,6 +752,9 @@ class SQLiteStore:
         if queue is not None:
             sql += " AND queue = ?"
             params.append(queue)
+        if exclude_queues:
+            sql += f" AND queue NOT IN ({','.join('?' * len(exclude_queues))})"
+            params.extend(exclude_queues)
         sql += " LIMIT ?)"
         params.append(limit)
         with self._write("prune jobs") as conn:
