@@ -93,6 +93,8 @@ class Worker:
         self.is_leader = False
         self._outcomes: list[tuple[Outcome, Job]] = []
         self._released: list[int] = []
+        #: Jobs claimed again while this worker's own stale attempt of them still runs (see ``_fill``).
+        self._deferred: dict[int, tuple[Executor, Job]] = {}
         self._progress: dict[int, tuple[Job, str]] = {}
         self._failure: JobFailedError | None = None
         self._stop_requested = False
@@ -198,6 +200,10 @@ class Worker:
 
     def job_completed(self, job: Job, *, exc: BaseException | None, result: Any) -> None:
         """Decide the outcome of an attempt (success, retry, failure, cancel, release) and queue its write."""
+        deferred = self._deferred.get(job.id)
+        if deferred is not None and deferred[1] is not job:
+            # The stale attempt has ended: the newer claim of the same job may start now.
+            self.call_soon(self._push_deferred, job.id)
         if isinstance(exc, JobReleased):
             self._released.append(job.id)
             self._wake_event.set()
@@ -359,11 +365,19 @@ class Worker:
         exhausted: list[str] = []
         now = self.app.clock.now()
         for executor in self.executors.values():
-            free = executor.free_slots
+            free = executor.free_slots - sum(1 for e, _ in self._deferred.values() if e is executor)
             if free <= 0:
                 continue
             jobs = self.app.store.claim(executor.queue.name, free, owner=self.id, now=now, lease_s=self.lease_s)
             for job in jobs:
+                if job.id in executor.running:
+                    # This worker was frozen past its lease (suspend, SIGSTOP, starved loop): the job was
+                    # recovered and claimed again by us while our stale attempt still runs.  Executors track
+                    # one attempt per job id, so stop the stale one and start this one once it has ended.
+                    self._cancel_local(job.id, "lost")
+                    if job.id in executor.running:
+                        self._deferred[job.id] = (executor, job)
+                        continue
                 executor.push(job)
             claimed += len(jobs)
             if len(jobs) < free:
@@ -371,7 +385,18 @@ class Worker:
         return claimed, exhausted
 
     def _in_flight(self) -> int:
-        return sum(len(e.running) for e in self.executors.values())
+        return sum(len(e.running) for e in self.executors.values()) + len(self._deferred)
+
+    def _push_deferred(self, job_id: int) -> None:
+        entry = self._deferred.pop(job_id, None)
+        if entry is None:
+            return
+        executor, job = entry
+        if self._stop_requested:
+            self._released.append(job.id)
+        else:
+            executor.push(job)
+        self._wake_event.set()
 
     # -- main ----------------------------------------------------------------
 
@@ -574,6 +599,9 @@ class Worker:
             for task in done:
                 if task.exception() is not None:
                     logger.error("executor failed to stop cleanly", exc_info=task.exception())
+        # Claims still waiting for their stale attempt to end go back to the queue untouched.
+        self._released.extend(self._deferred)
+        self._deferred.clear()
         self._flush_quietly()
         for task in self._tasks:
             task.cancel()

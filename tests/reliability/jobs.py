@@ -2,7 +2,10 @@
 
 A job's behaviour is data (its ``plan`` argument), so one registered function
 can hang on its first attempt, kill its own process on every attempt, fail
-once or wait for a gate file: the scenario decides at enqueue time.  Every
+once or wait for a gate file: the scenario decides at enqueue time.  Plan keys:
+``hang``/``die``/``stop``/``fail`` (``true`` or a list of attempt numbers),
+``sleep_s`` (with ``sleep_on``: attempts), ``gate`` (a path to wait for) and
+``end_before_gate`` (record ``end`` before waiting, for disk-full scenarios).  Every
 execution writes ``start`` and ``end`` to the process's ledger and returns
 ``{"pid", "attempt"}`` so the checker can tell which execution's result the
 database accepted.
@@ -31,7 +34,18 @@ def _applies(rule: Any, attempt: int) -> bool:
     return rule is True or (isinstance(rule, list) and attempt in rule)
 
 
+def _sleep_s(plan: dict[str, Any], attempt: int) -> float:
+    if "sleep_on" in plan and attempt not in plan["sleep_on"]:
+        return 0.0
+    return float(plan.get("sleep_s", 0.0))
+
+
 def _before(plan: dict[str, Any], job_id: int, attempt: int) -> None:
+    if _applies(plan.get("stop"), attempt):
+        # Freeze the whole process right here (resumed by the test's SIGCONT): unlike an
+        # external SIGSTOP, the body then finishes before any other code of the worker runs.
+        process_ledger().fault(os.getpid(), "SIGSTOP")
+        os.kill(os.getpid(), signal.SIGSTOP)
     if _applies(plan.get("die"), attempt):
         # Record the fault first: the checker needs it to explain the next execution.
         process_ledger().fault(os.getpid(), "crash")
@@ -54,8 +68,8 @@ def task(plan: dict[str, Any]) -> dict[str, Any]:
                 time.sleep(0.02)
             outcome = "cancelled"
             ctx.check_cancelled()
-        if plan.get("sleep_s"):
-            deadline = time.monotonic() + plan["sleep_s"]
+        if _sleep_s(plan, attempt):
+            deadline = time.monotonic() + _sleep_s(plan, attempt)
             while time.monotonic() < deadline:
                 if ctx.cancelled:
                     outcome = "cancelled"
@@ -86,8 +100,8 @@ async def atask(plan: dict[str, Any]) -> dict[str, Any]:
         _before(plan, job_id, attempt)
         if _applies(plan.get("hang"), attempt):
             await asyncio.sleep(3600)
-        if plan.get("sleep_s"):
-            await asyncio.sleep(plan["sleep_s"])
+        if _sleep_s(plan, attempt):
+            await asyncio.sleep(_sleep_s(plan, attempt))
         gate = plan.get("gate")
         if gate and plan.get("end_before_gate"):
             ledger.end(job_id, attempt, token, "ok")

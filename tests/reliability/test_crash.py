@@ -7,6 +7,7 @@ Recovery runs in the surviving workers (``--sweep-every-s``: the core's
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,3 +73,101 @@ def test_sigkill_with_50_running_jobs_recovers_all(fleet: Fleet, app: App) -> No
         assert (row.attempts, row.rescues) == (2, 1), row
         runs = report.executions(job_id)
         assert [r.pid for r in runs][0] == victim.pid and len(runs) == 2
+
+
+def no_orphans(app: App) -> None:
+    """Nothing may sit in running without an owner and a lease."""
+    rows = app.store.query(
+        "orphans", "SELECT id FROM minijobs_jobs WHERE state='running' AND (lease_owner IS NULL OR lease_expires_at IS NULL)"
+    )
+    assert rows == []
+
+
+def test_sigkill_inside_the_claim_transaction(fleet: Fleet, app: App) -> None:
+    ids = enqueue(fleet, app, {}, 50)
+    # ~10 VM ticks per claimed row: the kill lands about 20 rows into the 50-row claim.
+    victim = fleet.worker("--queue", "default:50", "--lease-s", LEASE, "--die-in", "claim", "--die-ticks", "200",
+                          ready=False)
+    assert victim.wait() == -signal.SIGKILL
+    no_orphans(app)
+    assert states(app, ids) == {"pending": 50}, "a claim killed before COMMIT must leave no trace"
+
+    fleet.worker("--queue", "default:50", "--lease-s", LEASE, "--sweep-every-s", "0.1")
+    wait_until(lambda: settled(app, ids), what="all jobs finished")
+    report = ledger.check(fleet.db, fleet.ledger_dir)
+    assert {report.rows[i].attempts for i in ids} == {1}
+
+
+def test_sigkill_inside_the_completion_write(fleet: Fleet, app: App, tmp_path: Any) -> None:
+    gate = tmp_path / "gate"
+    ids = enqueue(fleet, app, {"gate": str(gate)}, 50)
+    # ~6 ticks per outcome: killed about 10 outcomes into the batch, before COMMIT.
+    victim = fleet.worker("--queue", "default:50", "--lease-s", LEASE, "--die-in", "finish", "--die-ticks", "60")
+    wait_until(lambda: running_by(app, victim.worker_id) == 50, what="50 jobs running")
+    gate.touch()
+    assert victim.wait() == -signal.SIGKILL
+    no_orphans(app)
+    assert states(app, ids).get("succeeded", 0) < 50, "the kill must have cut a completion batch"
+
+    fleet.worker("--queue", "default:50", "--lease-s", LEASE, "--sweep-every-s", "0.1")
+    wait_until(lambda: settled(app, ids), what="all jobs finished after recovery")
+    report = ledger.check(fleet.db, fleet.ledger_dir)
+    rerun = [i for i in ids if report.rows[i].attempts == 2]
+    assert rerun, "jobs whose outcome write was cut must run again"
+    for job_id in rerun:
+        assert report.rows[job_id].rescues == 1
+        assert [r.pid for r in report.executions(job_id)][0] == victim.pid
+
+
+def test_sigstop_past_the_lease_then_sigcont_refuses_the_stale_completion(fleet: Fleet, app: App) -> None:
+    (job_id,) = enqueue(fleet, app, {"sleep_s": 0.3, "sleep_on": [1]}, 1)
+    frozen = fleet.worker("--queue", "default:4", "--lease-s", LEASE)
+    wait_until(lambda: ledger.read(fleet.ledger_dir).starts(job_id), what="attempt 1 started")
+    frozen.signal(signal.SIGSTOP)
+    rescuer = fleet.worker("--queue", "default:4", "--lease-s", LEASE, "--sweep-every-s", "0.1")
+    wait_until(lambda: app.store.state_of(job_id).is_terminal, what="the rescuer finished the job")
+    frozen.signal(signal.SIGCONT)
+    # The frozen worker wakes up holding a finished attempt 1 it no longer owns.
+    wait_until(lambda: "lease lost" in frozen.stderr, what="the stale attempt to be refused")
+    report = ledger.check(fleet.db, fleet.ledger_dir)
+    row = report.rows[job_id]
+    assert (row.state, row.attempts, row.rescues) == ("succeeded", 2, 1)
+    assert row.result == {"pid": rescuer.pid, "attempt": 2}
+
+
+def test_frozen_job_finishing_after_takeover_is_refused_by_the_fence(fleet: Fleet, app: App) -> None:
+    # The job stops its own process mid-body, so on SIGCONT the body returns before the
+    # worker's heartbeat can notice the lost lease: the outcome write itself must be fenced.
+    (job_id,) = enqueue(fleet, app, {"stop": [1]}, 1)
+    frozen = fleet.worker("--queue", "default:4", "--lease-s", LEASE)
+    wait_until(lambda: ledger.read(fleet.ledger_dir).faulted(frozen.pid), what="the job to freeze its worker")
+    rescuer = fleet.worker("--queue", "default:4", "--lease-s", LEASE, "--sweep-every-s", "0.1")
+    wait_until(lambda: app.store.state_of(job_id).is_terminal, what="the rescuer finished the job")
+    frozen.signal(signal.SIGCONT)
+    wait_until(lambda: "refused (lease lost to another worker)" in frozen.stderr, what="the fence to refuse")
+    report = ledger.check(fleet.db, fleet.ledger_dir)
+    row = report.rows[job_id]
+    assert (row.state, row.attempts) == ("succeeded", 2)
+    assert row.result == {"pid": rescuer.pid, "attempt": 2}
+    runs = report.executions(job_id)
+    assert [(r.pid, r.outcome) for r in runs] == [(frozen.pid, "ok"), (rescuer.pid, "ok")]
+
+
+def test_worker_frozen_past_its_lease_reclaims_its_own_job_once(fleet: Fleet, app: App) -> None:
+    # Recovery happens while the worker is frozen; on waking up the worker finds the job
+    # due again and claims it while its own stale attempt is still running locally.
+    (job_id,) = enqueue(fleet, app, {"sleep_s": 1.5, "sleep_on": [1]}, 1)
+    (other,) = enqueue(fleet, app, {"sleep_s": 3.0}, 1)  # keeps the worker busy (and renewing)
+    frozen = fleet.worker("--queue", "default:4", "--lease-s", LEASE)
+    wait_until(lambda: len(ledger.read(fleet.ledger_dir).executions) == 2, what="both jobs started")
+    frozen.signal(signal.SIGSTOP)
+    wait_until(lambda: job_id in app.store.recover_expired(now=time.time(), max_rescues=5)[0],
+               what="the frozen worker's lease to expire and be recovered")
+    app.store.recover_expired(now=time.time() + 10, max_rescues=5)  # the other job too
+    frozen.signal(signal.SIGCONT)
+    wait_until(lambda: settled(app, [job_id, other]), timeout_s=15, what="both jobs to finish in the same worker")
+    report = ledger.check(fleet.db, fleet.ledger_dir)
+    for jid in (job_id, other):
+        row = report.rows[jid]
+        assert row.attempts == 2, row
+        assert len(report.executions(jid)) == 2, report.executions(jid)
