@@ -55,7 +55,7 @@ def test_bad_durability_is_a_configuration_error(db_path: Path) -> None:
 
 def test_schema_is_versioned_and_newer_schema_is_refused(db_path: Path) -> None:
     app = make_app(db_path)
-    assert app.store.schema_version("minijobs") == 1
+    assert app.store.schema_version("minijobs") == len(minijobs.store.MIGRATIONS)
     app.store.execute_write("bump", "UPDATE minijobs_schema SET version=99 WHERE component='minijobs'")
     app.close()
     with pytest.raises(minijobs.SchemaVersionError, match="newer"):
