@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from minijobs import App, Plugin, StoreError
+from minijobs import App, Plugin, StoreError, current_job
+from minijobs.testing import FakeClock
 
 
 class _TablePlugin(Plugin):
@@ -46,3 +49,48 @@ def test_failed_plugin_migration_leaves_the_app_closed(tmp_path: Path) -> None:
         with pytest.raises(StoreError, match="incomplete input"):
             app.open()
     assert app._store is None
+
+
+def test_reclaiming_a_job_whose_stale_attempt_still_runs_here_runs_it_once_more(tmp_path: Path) -> None:
+    # A worker frozen past its lease (suspend, SIGSTOP, starved loop) can find its own job
+    # recovered and claim it again while the stale attempt still runs locally.  Both used
+    # to share one executor slot keyed by job id: the new attempt's outcome was dropped and
+    # the job stayed running.  Now the stale attempt is cancelled as lost first.
+    clock = FakeClock()
+    app = App(tmp_path / "jobs.sqlite3", lease_s=30.0, clock=clock)
+    gates = {1: threading.Event(), 2: threading.Event()}
+    runs: list[int] = []
+    ended: list[int] = []
+
+    @app.job
+    async def slow() -> int:
+        attempt = current_job().attempt
+        runs.append(attempt)
+        try:
+            while not gates[attempt].is_set():
+                await asyncio.sleep(0.005)
+        finally:
+            ended.append(attempt)
+        return attempt
+
+    ref = slow.enqueue()
+    with app.running() as worker:
+        deadline = time.monotonic() + 10
+        while not runs:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        # What the Recovery plugin does once the lease looks expired.
+        clock.advance(60)
+        requeued, _ = app.store.recover_expired(now=clock.now(), max_rescues=5)
+        assert requeued == [ref.id]
+        worker.wake()
+        while len(runs) < 2:
+            assert time.monotonic() < deadline, f"the re-claimed attempt never started (runs={runs})"
+            time.sleep(0.005)
+        gates[1].set()  # the stale attempt (if still running) ends first...
+        while 1 not in ended:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        gates[2].set()  # ...then the current one, whose outcome must be written
+        job = ref.wait(timeout_s=5)
+    assert (job.state, job.attempts, job.result, runs) == ("succeeded", 2, 2, [1, 2])
