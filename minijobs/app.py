@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -198,6 +199,13 @@ class App:
 
     Opening the file is lazy (first use or :meth:`open`), so an app can be
     defined at import time in a module that process-pool children re-import.
+
+    ``plugins=None`` (the default) runs the built-ins every deployment needs:
+    :class:`~minijobs.plugins.Leadership` (one leader among all processes on
+    the file), :class:`~minijobs.plugins.Recovery` (jobs of dead workers go
+    back to their queue) and :class:`~minijobs.plugins.Pruner` (finished jobs
+    are deleted after 7 days).  Pass a list to choose (e.g. add
+    :class:`~minijobs.plugins.Cron`), or ``plugins=[]`` to run none.
     """
 
     def __init__(
@@ -222,7 +230,11 @@ class App:
             raise ConfigurationError(f"queue names must be unique, got {names}")
         if not all(isinstance(q, Queue) for q in self.queues):
             raise ConfigurationError("queues must be minijobs.Queue instances")
-        self.plugins: tuple[Plugin, ...] = tuple(plugins) if plugins is not None else ()
+        if plugins is None:
+            from .plugins import default_plugins
+
+            plugins = default_plugins()
+        self.plugins: tuple[Plugin, ...] = tuple(plugins)
         self._check_plugins()
         self.clock: Clock = clock if clock is not None else SystemClock()
         if durability not in ("normal", "full"):
@@ -253,6 +265,9 @@ class App:
         self._eager_hook: Callable[[list[int]], None] | None = None
 
     def _check_plugins(self) -> None:
+        for plugin in self.plugins:
+            if not isinstance(plugin, Plugin):
+                raise ConfigurationError(f"plugins must be minijobs.Plugin instances, got {plugin!r}")
         ids = [p.get_identifier() for p in self.plugins]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
@@ -389,15 +404,21 @@ class App:
             self._eager_hook([job_id])
         return JobRef(self, job_id, created=created)
 
-    def enqueue_many(self, requests: Iterable[EnqueueRequest]) -> list[JobRef]:
-        """Enqueue many jobs in one transaction: all are written or none."""
+    def enqueue_many(
+        self, requests: Iterable[EnqueueRequest], *, guard: Callable[[sqlite3.Connection], bool] | None = None
+    ) -> list[JobRef]:
+        """Enqueue many jobs in one transaction: all are written or none.
+
+        ``guard`` is for plugins that own tables: it runs first, inside the same
+        transaction, and returning False enqueues nothing (and returns ``[]``).
+        """
         now = self.clock.now()
         rows = []
         for request in requests:
             if not isinstance(request, EnqueueRequest):
                 raise TypeError(f"enqueue_many takes fn.prepare(...) requests, got {type(request).__name__}")
             rows.append(self._new_row(request.function, request.args, request.kwargs, request.spec, now))
-        results = self.store.enqueue(rows)
+        results = self.store.enqueue(rows, guard=guard)
         self._after_enqueue([job_id for job_id, created in results if created])
         if self._eager_hook is not None and any(created for _, created in results):
             self._eager_hook([job_id for job_id, created in results if created])

@@ -90,7 +90,9 @@ class Worker:
         self.executors: dict[str, Executor] = {}
         #: Attempts finished (succeeded, failed, retrying or cancelled) by this worker.
         self.jobs_finished = 0
+        #: True while this worker holds the leadership lease (set by the Leadership plugin via :meth:`set_leader`).
         self.is_leader = False
+        self._leader_flip: asyncio.Event | None = None
         self._outcomes: list[tuple[Outcome, Job]] = []
         self._released: list[int] = []
         #: Jobs claimed again while this worker's own stale attempt of them still runs (see ``_fill``).
@@ -191,9 +193,30 @@ class Worker:
                 return job
         return None
 
+    def set_leader(self, leader: bool) -> None:
+        """Record whether this worker holds leadership; leader-scope plugins start or stop (loop thread)."""
+        if leader == self.is_leader:
+            return
+        self.is_leader = leader
+        flip = self._leader_flip
+        if flip is not None:
+            self._leader_flip = asyncio.Event()
+            flip.set()
+
     def job_starting(self, job: Job) -> Job:
         for plugin in self._starting_hooks:
-            job = plugin.on_job_starting(job=job, worker=self)
+            # A hook that fails or returns something else is logged and skipped: it never takes the worker down.
+            try:
+                changed = plugin.on_job_starting(job=job, worker=self)
+            except Exception:
+                logger.exception("plugin %s failed in on_job_starting for job %d; hook skipped",
+                                 plugin.get_identifier(), job.id, extra={"job_id": job.id})
+                continue
+            if not isinstance(changed, Job) or changed.id != job.id:
+                logger.error("plugin %s: on_job_starting must return the job or a copy of it (same id), got %r; "
+                             "hook ignored", plugin.get_identifier(), changed, extra={"job_id": job.id})
+                continue
+            job = changed
         if self.app.events.wants("job.started"):
             self.app.events.emit("job.started", job=job, worker_id=self.id)
         return job
@@ -250,6 +273,8 @@ class Worker:
         )
         if self._completed_hooks:
             outcome, job = self._apply_completed_hooks(job, outcome, exc, result)
+        elif self._updated_hooks:
+            job = self._proposed(job, outcome, result)
         self._outcomes.append((outcome, job))
         self._wake_event.set()
 
@@ -262,23 +287,45 @@ class Worker:
         policy = registered.retry if registered is not None and registered.retry is not None else _DEFAULT_BACKOFF
         return policy.delay_s(job.attempts)
 
-    def _apply_completed_hooks(
-        self, job: Job, outcome: Outcome, exc: BaseException | None, result: Any
-    ) -> tuple[Outcome, Job]:
-        """Let plugins replace the outcome; they see it as a job snapshot and return a changed copy."""
+    def _proposed(self, job: Job, outcome: Outcome, result: Any) -> Job:
+        """The job as it will look once ``outcome`` is written (what hooks and events see)."""
         errors = job.errors
         if outcome.error is not None:
             errors = (*errors, _attempt_error(payload.decode(outcome.error)))
-        proposed = job.replace(
+        return job.replace(
             state=outcome.state,
             result=result if outcome.state is JobState.SUCCEEDED else None,
             errors=errors,
             completed_at=to_datetime(outcome.completed_at),
             scheduled_at=to_datetime(outcome.scheduled_at) if outcome.scheduled_at is not None else job.scheduled_at,
+            lease_owner=None,
         )
+
+    def _apply_completed_hooks(
+        self, job: Job, outcome: Outcome, exc: BaseException | None, result: Any
+    ) -> tuple[Outcome, Job]:
+        """Let plugins replace the outcome; they see it as a job snapshot and return a changed copy.
+
+        A hook that raises, or returns something that cannot be written (another
+        job, state ``running``, a result JSON cannot hold), is logged and skipped.
+        """
+        proposed = self._proposed(job, outcome, result)
         final = proposed
         for plugin in self._completed_hooks:
-            final = plugin.on_job_completed(job=final, worker=self, exc=exc, result=result)
+            try:
+                changed = plugin.on_job_completed(job=final, worker=self, exc=exc, result=result)
+                problem = _bad_hook_result(changed, job)
+                if problem is None and changed is not final and changed.result is not None:
+                    payload.encode(changed.result, what="result", max_bytes=self.app.max_payload_bytes)
+            except Exception:
+                logger.exception("plugin %s failed in on_job_completed for job %d; hook skipped",
+                                 plugin.get_identifier(), job.id, extra={"job_id": job.id})
+                continue
+            if problem is not None:
+                logger.error("plugin %s: on_job_completed returned %s for job %d; hook ignored",
+                             plugin.get_identifier(), problem, job.id, extra={"job_id": job.id})
+                continue
+            final = changed
         if final is proposed:
             return outcome, proposed
         new_error = None
@@ -565,29 +612,66 @@ class Worker:
                 notifier.close()
 
     async def _run_plugin(self, plugin: Plugin) -> None:
-        """Run a plugin protected: log and restart it with backoff when it raises."""
+        """Run a plugin protected: log and restart it with backoff when it raises.
+
+        A leader-scope plugin runs only while this worker is the leader: it
+        starts when leadership is gained and is cancelled when it is lost.
+        """
+        name = plugin.get_identifier()
+        if plugin.worker is not None and plugin.worker is not self:
+            logger.error("plugin %s already runs in worker %s; not running it in %s too (give each App its own "
+                         "plugin instances)", name, plugin.worker.id, self.id)
+            return
         failures = 0
         leader_only = plugin.get_scope() is PluginScope.LEADER
+        loop = asyncio.get_running_loop()
         plugin.attach(self)
         try:
             while not self._stop_requested:
                 if leader_only and not self.is_leader:
-                    if not await plugin.sleep(0.5):
-                        return
+                    await self._until_leadership_changes(also_stopping=True)
                     continue
+                started = loop.time()
+                task = asyncio.create_task(plugin.run(self, self.app), name=f"{name}.run")
+                flip = asyncio.ensure_future(self._leader_event().wait()) if leader_only else None
                 try:
-                    await plugin.run(self, self.app)
+                    await asyncio.wait({task} if flip is None else {task, flip}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if flip is not None:
+                        flip.cancel()
+                    if not task.done():
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
+                if leader_only and not self.is_leader and not self._stop_requested:
+                    logger.info("plugin %s stopped: this worker is no longer the leader", name)
+                    continue
+                if task.cancelled() or task.exception() is None:
                     return
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    failures += 1
-                    delay = min(60.0, 0.5 * 2 ** min(failures, 7))
-                    logger.exception("plugin %s crashed; restarting in %.1f s", plugin.get_identifier(), delay)
-                    if not await plugin.sleep(delay):
-                        return
+                if loop.time() - started > 60.0:
+                    failures = 0  # it ran fine for a while: restart quickly again
+                failures += 1
+                delay = min(60.0, 0.5 * 2 ** min(failures, 7))
+                logger.error("plugin %s crashed; restarting in %.1f s", name, delay, exc_info=task.exception())
+                if not await plugin.sleep(delay):
+                    return
         finally:
             plugin.attach(None)
+
+    def _leader_event(self) -> asyncio.Event:
+        """An event set at the next change of :attr:`is_leader`."""
+        if self._leader_flip is None:
+            self._leader_flip = asyncio.Event()
+        return self._leader_flip
+
+    async def _until_leadership_changes(self, *, also_stopping: bool) -> None:
+        waiters = {asyncio.ensure_future(self._leader_event().wait())}
+        if also_stopping:
+            waiters.add(asyncio.ensure_future(self.stopping.wait()))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _shutdown(self) -> None:
         self._begin_stop(False)
@@ -633,6 +717,17 @@ def _error_record(exc: BaseException, attempt: int, now: float) -> dict[str, Any
         "traceback": "".join(traceback.format_exception(exc)),
         "at": now,
     }
+
+
+def _bad_hook_result(changed: object, job: Job) -> str | None:
+    """Why a hook's returned job cannot be written (None when it can)."""
+    if not isinstance(changed, Job):
+        return f"{type(changed).__name__} instead of a Job"
+    if changed.id != job.id:
+        return f"another job (id {changed.id})"
+    if changed.state is JobState.RUNNING:
+        return "state 'running' (only an outcome can be written)"
+    return None
 
 
 def _attempt_error(data: dict[str, Any]) -> AttemptError:
