@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import minijobs
 from minijobs import App, Plugin, Queue, current_job
 
 from .ledger import process_ledger
@@ -46,12 +45,15 @@ def _before(plan: dict[str, Any], job_id: int, attempt: int) -> None:
         # external SIGSTOP, the body then finishes before any other code of the worker runs.
         process_ledger().fault(os.getpid(), "SIGSTOP")
         os.kill(os.getpid(), signal.SIGSTOP)
+    if _applies(plan.get("fail"), attempt):
+        raise RuntimeError(f"planned failure of job {job_id} attempt {attempt}")
+
+
+def _die(plan: dict[str, Any], attempt: int) -> None:
     if _applies(plan.get("die"), attempt):
         # Record the fault first: the checker needs it to explain the next execution.
         process_ledger().fault(os.getpid(), "crash")
         os.kill(os.getpid(), signal.SIGKILL)
-    if _applies(plan.get("fail"), attempt):
-        raise RuntimeError(f"planned failure of job {job_id} attempt {attempt}")
 
 
 def task(plan: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +77,7 @@ def task(plan: dict[str, Any]) -> dict[str, Any]:
                     outcome = "cancelled"
                     ctx.check_cancelled()
                 time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+        _die(plan, attempt)
         gate = plan.get("gate")
         if gate and plan.get("end_before_gate"):
             ledger.end(job_id, attempt, token, "ok")
@@ -102,6 +105,7 @@ async def atask(plan: dict[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(3600)
         if _sleep_s(plan, attempt):
             await asyncio.sleep(_sleep_s(plan, attempt))
+        _die(plan, attempt)
         gate = plan.get("gate")
         if gate and plan.get("end_before_gate"):
             ledger.end(job_id, attempt, token, "ok")
@@ -117,27 +121,6 @@ async def atask(plan: dict[str, Any]) -> dict[str, Any]:
     finally:
         if token:
             ledger.end(job_id, attempt, token, outcome)
-
-
-class LeaseSweeper(Plugin):
-    """Returns expired leases to their queue every ``every_s`` through ``store.recover_expired``.
-
-    A stand-in for the Recovery plugin that calls the store verb directly, so the
-    crash scenarios exercise the core's recovery and poison-pill accounting.
-    """
-
-    def __init__(self, every_s: float, max_rescues: int) -> None:
-        super().__init__()
-        self.every_s = every_s
-        self.max_rescues = max_rescues
-
-    @classmethod
-    def get_identifier(cls) -> str:
-        return "reliability.lease_sweeper"
-
-    async def run(self, worker: minijobs.Worker, app: App) -> None:
-        while await self.sleep(self.every_s):
-            app.store.recover_expired(now=app.clock.now(), max_rescues=self.max_rescues)
 
 
 def build_app(

@@ -1,7 +1,7 @@
 """Crash scenarios: workers die (SIGKILL), freeze (SIGSTOP) or are killed by their own jobs.
 
-Recovery runs in the surviving workers (``--sweep-every-s``: the core's
-``store.recover_expired`` on a timer), exactly as a deployment would run it.
+Recovery runs in the surviving workers (the built-in Recovery plugin, on a
+short interval), exactly as a deployment would run it.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_sigkill_with_50_running_jobs_recovers_all(fleet: Fleet, app: App) -> No
     wait_until(lambda: sum(len(ledger.read(fleet.ledger_dir).starts(i)) for i in ids) == 50, what="50 starts")
     assert victim.kill() == -signal.SIGKILL
 
-    fleet.worker("--queue", "default:50", "--lease-s", LEASE, "--sweep-every-s", "0.1")
+    fleet.worker("--queue", "default:50", "--lease-s", LEASE, "--recovery-interval-s", "0.1")
     wait_until(lambda: settled(app, ids), what="all 50 jobs finished after recovery")
 
     report = ledger.check(fleet.db, fleet.ledger_dir)
@@ -92,7 +92,7 @@ def test_sigkill_inside_the_claim_transaction(fleet: Fleet, app: App) -> None:
     no_orphans(app)
     assert states(app, ids) == {"pending": 50}, "a claim killed before COMMIT must leave no trace"
 
-    fleet.worker("--queue", "default:50", "--lease-s", LEASE, "--sweep-every-s", "0.1")
+    fleet.worker("--queue", "default:50", "--lease-s", LEASE, "--recovery-interval-s", "0.1")
     wait_until(lambda: settled(app, ids), what="all jobs finished")
     report = ledger.check(fleet.db, fleet.ledger_dir)
     assert {report.rows[i].attempts for i in ids} == {1}
@@ -109,7 +109,7 @@ def test_sigkill_inside_the_completion_write(fleet: Fleet, app: App, tmp_path: A
     no_orphans(app)
     assert states(app, ids).get("succeeded", 0) < 50, "the kill must have cut a completion batch"
 
-    fleet.worker("--queue", "default:50", "--lease-s", LEASE, "--sweep-every-s", "0.1")
+    fleet.worker("--queue", "default:50", "--lease-s", LEASE, "--recovery-interval-s", "0.1")
     wait_until(lambda: settled(app, ids), what="all jobs finished after recovery")
     report = ledger.check(fleet.db, fleet.ledger_dir)
     rerun = [i for i in ids if report.rows[i].attempts == 2]
@@ -124,7 +124,7 @@ def test_sigstop_past_the_lease_then_sigcont_refuses_the_stale_completion(fleet:
     frozen = fleet.worker("--queue", "default:4", "--lease-s", LEASE)
     wait_until(lambda: ledger.read(fleet.ledger_dir).starts(job_id), what="attempt 1 started")
     frozen.signal(signal.SIGSTOP)
-    rescuer = fleet.worker("--queue", "default:4", "--lease-s", LEASE, "--sweep-every-s", "0.1")
+    rescuer = fleet.worker("--queue", "default:4", "--lease-s", LEASE, "--recovery-interval-s", "0.1")
     wait_until(lambda: app.store.state_of(job_id).is_terminal, what="the rescuer finished the job")
     frozen.signal(signal.SIGCONT)
     # The frozen worker wakes up holding a finished attempt 1 it no longer owns.
@@ -141,7 +141,7 @@ def test_frozen_job_finishing_after_takeover_is_refused_by_the_fence(fleet: Flee
     (job_id,) = enqueue(fleet, app, {"stop": [1]}, 1)
     frozen = fleet.worker("--queue", "default:4", "--lease-s", LEASE)
     wait_until(lambda: ledger.read(fleet.ledger_dir).faulted(frozen.pid), what="the job to freeze its worker")
-    rescuer = fleet.worker("--queue", "default:4", "--lease-s", LEASE, "--sweep-every-s", "0.1")
+    rescuer = fleet.worker("--queue", "default:4", "--lease-s", LEASE, "--recovery-interval-s", "0.1")
     wait_until(lambda: app.store.state_of(job_id).is_terminal, what="the rescuer finished the job")
     frozen.signal(signal.SIGCONT)
     wait_until(lambda: "refused (lease lost to another worker)" in frozen.stderr, what="the fence to refuse")
@@ -171,3 +171,34 @@ def test_worker_frozen_past_its_lease_reclaims_its_own_job_once(fleet: Fleet, ap
         row = report.rows[jid]
         assert row.attempts == 2, row
         assert len(report.executions(jid)) == 2, report.executions(jid)
+
+
+def test_poison_job_fails_after_max_rescues_while_other_jobs_flow(fleet: Fleet, app: App) -> None:
+    max_rescues = 2
+    # The poison job works a little, then kills its worker: jobs running beside it die too,
+    # but quick ones finish before the crash, so innocents are not rescued over and over.
+    (poison,) = enqueue(fleet, app, {"sleep_s": 0.2, "die": True}, 1)
+    normal = enqueue(fleet, app, {"sleep_s": 0.01}, 100)
+    args = ("--queue", "default:8", "--lease-s", LEASE, "--recovery-interval-s", "0.1", "--max-rescues", str(max_rescues))
+    workers = [fleet.worker(*args) for _ in range(2)]
+    deaths = 0
+    deadline = time.monotonic() + 60
+    while not app.store.state_of(poison).is_terminal:
+        assert time.monotonic() < deadline, "the poison job was never given up"
+        for i, proc in enumerate(workers):
+            if not proc.alive():
+                assert proc.wait() == -signal.SIGKILL
+                deaths += 1
+                workers[i] = fleet.worker(*args)
+        time.sleep(0.02)
+    later = enqueue(fleet, app, {"sleep_s": 0.01}, 50)
+    wait_until(lambda: settled(app, normal + later), what="the other jobs to finish")
+
+    report = ledger.check(fleet.db, fleet.ledger_dir, expect={poison: "failed"})
+    row = report.rows[poison]
+    assert row.rescues == max_rescues + 1
+    assert len(report.executions(poison)) == max_rescues + 1
+    assert deaths + sum(not p.alive() for p in workers) == max_rescues + 1
+    (error,) = app.get(poison).errors
+    assert error.type == "minijobs.PoisonJobError" and "giving up" in error.message
+    assert all(p.alive() for p in workers), "a poisoned job must not kill workers after it failed"

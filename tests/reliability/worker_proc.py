@@ -34,8 +34,9 @@ import threading
 from typing import Any
 
 from minijobs import MinijobsError, Queue
+from minijobs.plugins import Recovery
 
-from .jobs import ATASK, TASK, LeaseSweeper, build_app
+from .jobs import ATASK, TASK, build_app
 from .ledger import process_ledger
 
 # Fragments of the store's claim and finish statements (trace callbacks see expanded SQL, so no '?').
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-s", type=float, default=30.0)
     parser.add_argument("--grace-s", type=float, default=5.0)
     parser.add_argument("--busy-timeout-s", type=float, default=5.0)
-    parser.add_argument("--sweep-every-s", type=float, default=0.0)
+    parser.add_argument("--recovery-interval-s", type=float, default=0.0,
+                        help="run the Recovery plugin this often (0: no recovery in this process)")
     parser.add_argument("--max-rescues", type=int, default=3)
     parser.add_argument("--die-in", choices=["claim", "finish"])
     parser.add_argument("--die-ticks", type=int, default=20)
@@ -172,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format=f"%(levelname)s pid={os.getpid()} %(name)s: %(message)s"
     )
-    plugins = []
-    if args.sweep_every_s:
-        plugins.append(LeaseSweeper(args.sweep_every_s, args.max_rescues))
+    plugins: list[Any] = []
+    if args.recovery_interval_s:
+        plugins.append(Recovery(interval_s=args.recovery_interval_s, max_rescues=args.max_rescues))
     app = build_app(
         args.db,
         queues=[_parse_queue(q) for q in args.queue] or [Queue("default")],
