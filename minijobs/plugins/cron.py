@@ -273,9 +273,9 @@ class Cron(Plugin):
         for schedule in self._schedules:
             previous = last.get(schedule.name)
             if previous is None:
-                # First sight: start from this second, do not catch up the past.
-                self._record(app, schedule.name, math.floor(now) - 1, "baseline", now)
-                previous = math.floor(now) - 1
+                # First sight: slots from this moment on fire (one due exactly now included); no catch-up.
+                previous = math.ceil(now) - 1
+                self._record(app, schedule.name, previous, "baseline", now)
             latest = schedule.cron.prev_fire(now_dt, schedule.zone)
             slot = int(latest.timestamp())
             if slot <= previous:
