@@ -181,17 +181,12 @@ def apply_config(app: App, config: Config, *, concurrency: int | None = None) ->
 
 
 def _add_plugins(app: App, config: Config) -> None:
-    try:
-        from . import plugins as plugin_module
+    """``[plugins.<name>]`` tables replace the app's plugin of the same kind; ``enabled = false`` removes it."""
+    from .plugins import disabled_in, from_config
 
-        from_config: Callable[[Mapping[str, Any]], Iterable[Plugin]] = plugin_module.from_config  # type: ignore[attr-defined]
-    except (ImportError, AttributeError):
-        raise ConfigurationError(
-            f"{config.path}: [plugins] tables need minijobs.plugins.from_config, which this minijobs lacks"
-        ) from None
-    configured = list(from_config(config.plugins))
-    replaced = {p.get_identifier() for p in configured}
-    app.plugins = (*(p for p in app.plugins if p.get_identifier() not in replaced), *configured)
+    configured: list[Plugin] = from_config(config.plugins)
+    dropped = {p.get_identifier() for p in configured} | disabled_in(config.plugins)
+    app.plugins = (*(p for p in app.plugins if p.get_identifier() not in dropped), *configured)
     app._check_plugins()
     if app._store is not None:  # opened already (e.g. at import): bring the new plugins' tables up to date
         for plugin in configured:
@@ -614,23 +609,24 @@ def cmd_queues_resume(s: Session) -> int:
     return 0
 
 
-def _cron_plugin(app: App) -> Any:
-    for plugin in app.plugins:
-        if callable(getattr(plugin, "schedules", None)) or type(plugin).__name__ == "Cron":
-            return plugin
-    return None
-
-
 def cmd_cron_list(s: Session) -> int:
+    from .plugins import Cron
+
     app = s.app()
-    plugin = _cron_plugin(app)
+    plugin = next((p for p in app.plugins if isinstance(p, Cron)), None)
     if plugin is None:
         raise CLIError("this app has no Cron plugin (add minijobs.plugins.Cron, or a [plugins.cron] table)")
     now = datetime.fromtimestamp(app.clock.now(), UTC)
     rows = []
     for entry in plugin.schedules():
         fires = [_iso(t) for t in plugin.next_fire_times(entry, after=now, count=s.args.count)]
-        rows.append({"name": entry.name, "schedule": entry.expression, "job": entry.job_name, "next": fires})
+        rows.append({
+            "name": entry.name,
+            "expression": entry.expression,
+            "tz": entry.tz if isinstance(entry.tz, str) else str(entry.tz),
+            "job": entry.job_name,
+            "next": fires,
+        })
     if s.args.json:
         _dump_json(rows, s.out)
         return 0
@@ -638,28 +634,40 @@ def cmd_cron_list(s: Session) -> int:
         s.out.write("no cron schedules\n")
         return 0
     print_table(
-        ("NAME", "SCHEDULE", "JOB", "NEXT (UTC)"),
-        ((r["name"], r["schedule"], r["job"], ", ".join(r["next"])) for r in rows),
+        ("NAME", "SCHEDULE", "TZ", "JOB", "NEXT (UTC)"),
+        ((r["name"], r["expression"], r["tz"], r["job"], ", ".join(r["next"])) for r in rows),
         s.out,
     )
     return 0
 
 
 def cmd_prune(s: Session) -> int:
+    """Delete old finished jobs: by the app's Pruner retention rules, or by ``--older-than``."""
+    from .plugins import Pruner
+
     args = s.args
     app = s.app()
     now = app.clock.now()
-    before = now - args.older_than
-    states = args.state or [st.value for st in JobState if st.is_terminal]
+    if args.older_than is None:
+        if args.state or args.queue:
+            raise CLIError("--state and --queue need --older-than (without it the app's retention rules apply)")
+        pruner = next((p for p in app.plugins if isinstance(p, Pruner)), None) or Pruner()
+        rules = [(now - r.keep_s, r.states, r.queue, r.exclude_queues) for r in pruner.rules()]
+        described = "by the app's retention rules"
+    else:
+        states = tuple(args.state or [st.value for st in JobState if st.is_terminal])
+        rules = [(now - args.older_than, states, args.queue, ())]
+        described = f"finished before {_short_time(datetime.fromtimestamp(now - args.older_than, UTC))}"
     progress = TTYProgress(s.err, "pruned jobs")
     total = 0
     try:
-        while True:
-            n = app.store.prune(before=before, states=states, queue=args.queue, limit=args.batch)
-            total += n
-            progress.update(total)
-            if n < args.batch:
-                break
+        for before, states, queue, exclude in rules:
+            while True:
+                n = app.store.prune(before=before, states=states, queue=queue, exclude_queues=exclude, limit=args.batch)
+                total += n
+                progress.update(total)
+                if n < args.batch:
+                    break
     finally:
         progress.close()
     plugin_rows: dict[str, int] = {}
@@ -669,11 +677,9 @@ def cmd_prune(s: Session) -> int:
             if removed is not None:
                 plugin_rows[plugin.get_identifier()] = removed
     if args.json:
-        _dump_json({"jobs": total, "before": _iso(datetime.fromtimestamp(before, UTC)), "plugins": plugin_rows}, s.out)
+        _dump_json({"jobs": total, "plugins": plugin_rows}, s.out)
         return 0
-    s.out.write(
-        f"pruned {total} {'/'.join(states)} job(s) finished before {_short_time(datetime.fromtimestamp(before, UTC))}\n"
-    )
+    s.out.write(f"pruned {total} finished job(s) {described}\n")
     for name, removed in plugin_rows.items():
         s.out.write(f"{name}: removed {removed} row(s)\n")
     return 0
@@ -843,8 +849,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = command(commands, "prune", "delete old finished jobs (and plugins' stale rows)", cmd_prune)
-    p.add_argument("--older-than", type=parse_duration, default=parse_duration("7d"), metavar="DURATION",
-                   help="finished longer ago than this (e.g. 90s, 15m, 12h, 7d; default 7d)")
+    p.add_argument("--older-than", type=parse_duration, metavar="DURATION",
+                   help="finished longer ago than this (e.g. 90s, 15m, 12h, 7d); default: the app's Pruner retention")
     p.add_argument("--state", action="append", choices=[s.value for s in JobState if s.is_terminal])
     p.add_argument("--queue")
     p.add_argument("--batch", type=_positive_int, default=1000, help="rows deleted per transaction")

@@ -267,6 +267,41 @@ def test_config_errors_are_one_line(project: Path) -> None:
     assert_one_line_error(mj(project, "--config", "other.toml", "jobs", "list", app=None, rc=1), "does not exist")
 
 
+def test_plugins_from_config_cron_list_and_retention(project: Path) -> None:
+    assert_one_line_error(mj(project, "cron", "list", rc=1), "no Cron plugin")
+    (project / "minijobs.toml").write_text(textwrap.dedent('''
+        app = "tasks:app"
+
+        [plugins.pruner]
+        keep_by_state = { succeeded = 0.001 }
+
+        [[plugins.cron.schedules]]
+        name = "nightly"
+        expression = "0 3 * * *"
+        job = "add"
+        args = [1, 2]
+    '''))
+    (schedule,) = mj_json(project, "cron", "list", "--count", "2", app=None)
+    assert {k: schedule[k] for k in ("name", "expression", "tz", "job")} == {
+        "name": "nightly", "expression": "0 3 * * *", "tz": "UTC", "job": "add"}
+    assert [t[10:] for t in schedule["next"]] == ["T03:00:00Z", "T03:00:00Z"]
+    assert schedule["next"][0] < schedule["next"][1]
+    assert "nightly  0 3 * * *  UTC" in mj(project, "cron", "list", app=None).stdout
+
+    mj(project, "enqueue", "add", "--args", "[1, 1]", app=None)
+    mj(project, "enqueue", "send", "--args", '["x"]', app=None)
+    mj(project, "worker", "--burst", app=None)
+    pruned = mj_json(project, "prune", app=None)  # the configured retention: succeeded jobs after 1 ms
+    assert pruned["jobs"] == 1 and "minijobs.cron" in pruned["plugins"]
+    assert [j["state"] for j in mj_json(project, "jobs", "list", app=None)] == ["failed"]
+    assert_one_line_error(mj(project, "prune", "--state", "failed", app=None, rc=1), "need --older-than")
+
+    (project / "minijobs.toml").write_text('app = "tasks:app"\n[plugins.cron]\nenabled = false\n[plugins.pruner]\nkeep_s = 1e-9\n')
+    assert_one_line_error(mj(project, "cron", "list", app=None, rc=1), "no Cron plugin")
+    (project / "minijobs.toml").write_text('app = "tasks:app"\n[plugins.pruner]\nkeep_days = 1\n')
+    assert_one_line_error(mj(project, "jobs", "list", app=None, rc=1), "keep_days")
+
+
 def test_apply_config_precedence_in_process(tmp_path: Path) -> None:
     app = minijobs.App(tmp_path / "a.sqlite3", queues=[minijobs.Queue("a", concurrency=9), minijobs.Queue("b")])
     config = cli.Config(worker={"concurrency": 4}, queues={"b": {"concurrency": 2}, "c": {}})
@@ -277,6 +312,23 @@ def test_apply_config_precedence_in_process(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
         cli.apply_config(app, cli.Config(queues={"a": {"concurrency": 0}}))
     assert app.store.count_by_state()  # never opened by apply_config, opens fine now
+    app.close()
+
+
+def test_apply_config_plugins_replace_add_and_disable(tmp_path: Path) -> None:
+    from minijobs.plugins import Cron, Pruner
+
+    app = minijobs.App(tmp_path / "p.sqlite3")
+    defaults = [p.get_identifier() for p in app.plugins]
+    assert "minijobs.pruner" in defaults
+    cli.apply_config(app, cli.Config(plugins={"pruner": {"keep_s": 60.0}}))
+    (pruner,) = [p for p in app.plugins if isinstance(p, Pruner)]
+    assert pruner.keep_s == 60.0 and len(app.plugins) == len(defaults)
+    cli.apply_config(app, cli.Config(plugins={"pruner": {"enabled": False}, "cron": {}}))
+    ids = [p.get_identifier() for p in app.plugins]
+    assert "minijobs.pruner" not in ids and any(isinstance(p, Cron) for p in app.plugins)
+    with pytest.raises(ConfigurationError, match="unknown plugin"):
+        cli.apply_config(app, cli.Config(plugins={"nope": {}}))
     app.close()
 
 

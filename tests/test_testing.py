@@ -133,6 +133,33 @@ def test_drain_runs_jobs_enqueued_by_jobs(app: minijobs.App) -> None:
     assert sorted(j.args for j in enqueued(app, add, state="succeeded")) == [(0, 100), (1, 100), (2, 100)]
 
 
+def test_advance_then_drain_fires_due_cron_slots(tmp_path: Path) -> None:
+    from minijobs.plugins import Cron, CronSchedule, Leadership
+
+    clock = FakeClock(start=START + timedelta(seconds=30))
+    cron = Cron()
+    app = minijobs.App(tmp_path / "cron.sqlite3", clock=clock, plugins=[Leadership(), cron])
+    try:
+
+        @app.job(name="tests.tick")
+        def tick(n: int) -> int:
+            return n
+
+        cron.configure({"schedules": [CronSchedule("every-minute", "* * * * *", job=tick, args=[7])]})
+        assert app.drain() == 0  # nothing due yet: the next slot is 00:01
+        clock.advance(30)
+        assert app.drain() == 1
+        (job,) = enqueued(app, tick)
+        assert (job.state, job.result, job.meta["cron"]) == (JobState.SUCCEEDED, 7, "every-minute")
+        clock.advance(59)
+        assert app.drain() == 0
+        clock.advance(1)
+        assert app.drain() == 1
+        assert len(enqueued(app, tick)) == 2
+    finally:
+        app.close()
+
+
 # -- enqueued / assert_enqueued --------------------------------------------------
 
 
