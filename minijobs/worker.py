@@ -273,7 +273,7 @@ class Worker:
         )
         if self._completed_hooks:
             outcome, job = self._apply_completed_hooks(job, outcome, exc, result)
-        elif self._updated_hooks:
+        elif self._updated_hooks or self.app.events.wants("job.completed"):
             job = self._proposed(job, outcome, result)
         self._outcomes.append((outcome, job))
         self._wake_event.set()
@@ -637,13 +637,15 @@ class Worker:
                 try:
                     await asyncio.wait({task} if flip is None else {task, flip}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
+                    flipped = flip is not None and flip.done() and not flip.cancelled()
                     if flip is not None:
                         flip.cancel()
                     if not task.done():
                         task.cancel()
                         await asyncio.gather(task, return_exceptions=True)
-                if leader_only and not self.is_leader and not self._stop_requested:
-                    logger.info("plugin %s stopped: this worker is no longer the leader", name)
+                if flipped and not self._stop_requested:
+                    # Leadership changed (lost, maybe regained since): the loop restarts it if we lead.
+                    logger.info("plugin %s stopped: this worker lost leadership", name)
                     continue
                 if task.cancelled() or task.exception() is None:
                     return
