@@ -20,8 +20,23 @@ MAX_DEPTH = 64
 DEFAULT_MAX_BYTES = 1_000_000
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True)
-_encode = _encoder.encode
 _decode = json.loads
+# ``JSONEncoder.encode`` builds a new C encoder on every call; build it once instead (about
+# 2 us saved per enqueue).  Without a circular-reference check: a cycle ends in
+# RecursionError, which is reported like any other unencodable payload.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _c_make_encoder is not None:
+    _c_encoder = _c_make_encoder(
+        None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+
+    def _encode(value: Any) -> str:
+        return "".join(_c_encoder(value, 0))
+
+else:  # pragma: no cover - CPython always has the C accelerator
+    _encode = _encoder.encode
+# The C scanner without ``json.loads``'s whitespace handling (stored payloads have none).
+_scan_once = json.decoder.JSONDecoder().scan_once
 
 
 def encode(
@@ -53,24 +68,41 @@ def decode(text: str) -> Any:
 
 def _maybe_lossy(value: Any) -> bool:
     """True if ``value`` holds a type that compares equal after a JSON round trip but is not the same."""
+    plain = _PLAIN
     stack = [value]
+    pop = stack.pop
+    push = stack.append
     while stack:
-        item = stack.pop()
+        item = pop()
         kind = type(item)
         if kind is dict:
             for key, sub in item.items():
                 if type(key) is not str:
                     return True
-                if type(sub) not in _PLAIN:
-                    stack.append(sub)
+                if type(sub) not in plain:
+                    push(sub)
         elif kind is list:
-            stack.extend(sub for sub in item if type(sub) not in _PLAIN)
-        elif kind not in _PLAIN:
+            for sub in item:
+                if type(sub) not in plain:
+                    push(sub)
+        elif kind not in plain:
             return True
     return False
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _call_maybe_lossy(args: list[Any], kwargs: dict[str, Any]) -> bool:
+    """:func:`_maybe_lossy` for a call's arguments, with a loop-only path for flat arguments."""
+    plain = _PLAIN
+    for item in args:
+        if type(item) not in plain:
+            return _maybe_lossy(args) or _maybe_lossy(kwargs)
+    for item in kwargs.values():
+        if type(item) not in plain:
+            return _maybe_lossy(kwargs)
+    return False
 
 
 def _explain_roots(value: Any, what: str, roots: dict[str, Any] | None) -> None:
@@ -123,18 +155,31 @@ def _check_depth(value: Any, what: str) -> None:
 def encode_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *, max_bytes: int) -> str:
     """Encode a job's arguments as the stored payload ``{"args": [...], "kwargs": {...}}``."""
     args = list(args)
-    return encode(
-        {"args": args, "kwargs": kwargs},
-        what="job arguments",
-        max_bytes=max_bytes,
-        roots={"args": args, "kwargs": kwargs},
-    )
+    value = {"args": args, "kwargs": kwargs}
+    # Fast path for the usual clean payload; anything suspicious goes through encode() for its message.
+    try:
+        text = _encode(value)
+    except (TypeError, ValueError, RecursionError):
+        text = None
+    if (
+        text is None
+        or len(text) > max_bytes
+        or text.count("[") + text.count("{") > MAX_DEPTH
+        or _call_maybe_lossy(args, kwargs)
+    ):
+        return encode(value, what="job arguments", max_bytes=max_bytes, roots={"args": args, "kwargs": kwargs})
+    return text
 
 
 def decode_call(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Inverse of :func:`encode_call`; raises ``PayloadValueError`` for anything else."""
     try:
-        data = _decode(text)
+        try:
+            data, end = _scan_once(text, 0)
+            if end != len(text):
+                raise ValueError("trailing data")
+        except (StopIteration, ValueError, TypeError):
+            data = _decode(text)  # slow path: the real parser's verdict and message
         args, kwargs = data["args"], data["kwargs"]
     except (ValueError, TypeError, KeyError) as exc:
         raise PayloadValueError(f"stored payload is not valid job arguments: {exc}") from None
