@@ -18,9 +18,9 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from . import payload
 from .errors import (
@@ -32,7 +32,7 @@ from .errors import (
     StorageFullError,
     StoreError,
 )
-from .job import AttemptError, Job, JobState, Progress, to_datetime
+from .job import STATE_BY_VALUE, AttemptError, Job, JobState, Progress, job_from_fields, to_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +100,13 @@ _JOB_COLUMNS = (
 _RUNNABLE = "state IN ('pending', 'retrying')"
 
 
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    """A validated row to insert; built by the app, written by :meth:`SQLiteStore.enqueue`."""
+class NewJob(NamedTuple):
+    """A validated row to insert; built by the app, written by :meth:`SQLiteStore.enqueue`.
+
+    A named tuple (cheaper to build than a frozen dataclass, ~1 us per enqueue)
+    whose field order is the order of ``_INSERT``'s parameters, so a row is
+    bound as it is.
+    """
 
     name: str
     queue: str
@@ -116,12 +120,12 @@ class NewJob:
     meta: str
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """The end of one attempt, as written by :meth:`SQLiteStore.finish`.
 
     ``state`` is succeeded, failed, cancelled or retrying (then ``scheduled_at``
     is when to run again).  ``error`` is a JSON object appended to the job's errors.
+    A named tuple: one is built per finished job.
     """
 
     job_id: int
@@ -135,7 +139,13 @@ class Outcome:
     progress: str | None = None
 
 
-def _job_from_row(row: Sequence[Any]) -> Job:
+def _job_from_row(row: Sequence[Any], times: dict[float, datetime] | None = None) -> Job:
+    """A :class:`Job` from a ``_JOB_COLUMNS`` row.
+
+    ``times`` memoises timestamp conversions across the rows of one read: jobs
+    enqueued together share ``created_at``/``scheduled_at``, and a claim gives a
+    batch one ``started_at``.
+    """
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     try:
@@ -143,32 +153,44 @@ def _job_from_row(row: Sequence[Any]) -> Job:
     except Exception:
         # An undecodable payload must not hide the row: the worker fails such a job clearly.
         args, kwargs = (), {"__undecodable_payload__": row[3] if isinstance(row[3], str) else repr(row[3])}
+    if times is None:
+        times = {}
     errors_text = row[14]
     meta_text = row[16]
-    return Job(
-        id=row[0],
-        name=row[1],
-        queue=row[2],
-        args=args,
-        kwargs=kwargs,
-        state=JobState(row[4]),
-        priority=row[5],
-        attempts=row[6],
-        max_attempts=row[7],
-        timeout_s=row[8],
-        scheduled_at=to_datetime(row[9]),  # type: ignore[arg-type]
-        created_at=to_datetime(row[10]),  # type: ignore[arg-type]
-        started_at=to_datetime(row[11]),
-        completed_at=to_datetime(row[12]),
-        result=None if row[13] is None else json.loads(row[13]),
-        errors=() if errors_text == "[]" else _parse_errors(errors_text),
-        progress=None if row[15] is None else _parse_progress(row[15]),
-        meta={} if meta_text == "{}" else json.loads(meta_text),
-        unique_key=row[17],
-        rescues=row[18],
-        cancel_requested=bool(row[19]),
-        lease_owner=row[20],
-    )
+    state = STATE_BY_VALUE.get(row[4]) or JobState(row[4])
+    return job_from_fields((
+        row[0],  # id
+        row[1],  # name
+        row[2],  # queue
+        args,
+        kwargs,
+        state,
+        row[5],  # priority
+        row[6],  # attempts
+        row[7],  # max_attempts
+        _when(row[9], times),  # scheduled_at
+        _when(row[10], times),  # created_at
+        _when(row[11], times),  # started_at
+        _when(row[12], times),  # completed_at
+        None if row[13] is None else json.loads(row[13]),  # result
+        () if errors_text == "[]" else _parse_errors(errors_text),
+        None if row[15] is None else _parse_progress(row[15]),
+        {} if meta_text == "{}" else json.loads(meta_text),
+        row[17],  # unique_key
+        row[8],  # timeout_s
+        row[18],  # rescues
+        bool(row[19]),  # cancel_requested
+        row[20],  # lease_owner
+    ))
+
+
+def _when(ts: float | None, times: dict[float, datetime]) -> datetime | None:
+    if ts is None:
+        return None
+    dt = times.get(ts)
+    if dt is None:
+        dt = times[ts] = datetime.fromtimestamp(ts, UTC)
+    return dt
 
 
 def _parse_errors(text: str) -> tuple[AttemptError, ...]:
@@ -413,7 +435,7 @@ class SQLiteStore:
         if len(rows) == 1 and rows[0].unique_key is None:
             # Autocommit single statement: the cheapest durable insert SQLite offers.
             with self._read("enqueue") as conn:
-                (job_id,) = conn.execute(_INSERT_RETURNING, _insert_params(rows[0])).fetchone()
+                (job_id,) = conn.execute(_INSERT_RETURNING, rows[0]).fetchone()
             return [(job_id, True)]
         with self._write("enqueue") as conn:
             return self._insert_rows(conn, rows)
@@ -421,7 +443,7 @@ class SQLiteStore:
     def _insert_rows(self, conn: sqlite3.Connection, rows: Sequence[NewJob]) -> list[tuple[int, bool]]:
         if all(row.unique_key is None for row in rows):
             before = _sequence(conn)
-            conn.executemany(_INSERT, [_insert_params(row) for row in rows])
+            _bulk_insert(conn, rows)
             after = _sequence(conn)
             if after - before != len(rows):  # pragma: no cover - AUTOINCREMENT guarantees this
                 raise StoreError("bulk enqueue allocated non-contiguous ids")
@@ -429,10 +451,10 @@ class SQLiteStore:
         out: list[tuple[int, bool]] = []
         for row in rows:
             if row.unique_key is None:
-                (job_id,) = conn.execute(_INSERT_RETURNING, _insert_params(row)).fetchone()
+                (job_id,) = conn.execute(_INSERT_RETURNING, row).fetchone()
                 out.append((job_id, True))
                 continue
-            found = conn.execute(_INSERT_UNIQUE, _insert_params(row)).fetchone()
+            found = conn.execute(_INSERT_UNIQUE, row).fetchone()
             if found is not None:
                 out.append((found[0], True))
                 continue
@@ -458,7 +480,8 @@ class SQLiteStore:
             rows = conn.execute(
                 _CLAIM, {"queue": queue, "limit": limit, "owner": owner, "now": now, "expires": now + lease_s}
             ).fetchall()
-        jobs = [_job_from_row(row) for row in rows]
+        times: dict[float, datetime] = {}
+        jobs = [_job_from_row(row, times) for row in rows]
         jobs.sort(key=_claim_order)
         return jobs
 
@@ -466,16 +489,23 @@ class SQLiteStore:
         """Write the ends of attempts in one transaction; False where the fence refused a stale write."""
         if not outcomes:
             return []
-        accepted: list[bool] = []
+        params = [
+            (o.state.value, o.result, o.error, o.error, o.scheduled_at, o.completed_at, o.progress,
+             o.job_id, o.owner, o.attempt)
+            for o in outcomes
+        ]
         with self._write("finish jobs") as conn:
-            for o in outcomes:
-                cur = conn.execute(
-                    _FINISH,
-                    (o.state.value, o.result, o.error, o.error, o.scheduled_at, o.completed_at, o.progress,
-                     o.job_id, o.owner, o.attempt),
-                )
-                accepted.append(cur.rowcount == 1)
-        return accepted
+            if len(params) == 1:
+                return [conn.execute(_FINISH, params[0]).rowcount == 1]
+            # One executemany for the batch; if the fence refused any row, undo it and
+            # write row by row to learn which (rare: a lease lost to another worker).
+            conn.execute("SAVEPOINT minijobs_finish")
+            if conn.executemany(_FINISH, params).rowcount == len(params):
+                conn.execute("RELEASE minijobs_finish")
+                return [True] * len(params)
+            conn.execute("ROLLBACK TO minijobs_finish")
+            conn.execute("RELEASE minijobs_finish")
+            return [conn.execute(_FINISH, p).rowcount == 1 for p in params]
 
     def release(self, owner: str, job_ids: Iterable[int], *, now: float) -> int:
         """Give unfinished jobs back to the queue without using up an attempt (graceful shutdown)."""
@@ -631,7 +661,8 @@ class SQLiteStore:
                 f"SELECT {_JOB_COLUMNS} FROM minijobs_jobs {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
                 (*params, limit, offset),
             ).fetchall()
-        return [_job_from_row(row) for row in rows]
+        times: dict[float, datetime] = {}
+        return [_job_from_row(row, times) for row in rows]
 
     def count_by_state(self, *, queue: str | None = None) -> dict[JobState, int]:
         sql = "SELECT state, count(*) FROM minijobs_jobs"
@@ -821,11 +852,47 @@ def _claim_order(job: Job) -> tuple[int, int]:
     return (-job.priority, job.id)
 
 
-def _insert_params(row: NewJob) -> tuple[Any, ...]:
-    return (
-        row.name, row.queue, row.payload, row.priority, row.max_attempts, row.timeout_s,
-        row.scheduled_at, row.created_at, row.unique_key, row.meta,
-    )
+def _bulk_insert(conn: sqlite3.Connection, rows: Sequence[NewJob]) -> None:
+    """Insert rows without unique keys, in order, as cheaply as SQLite allows.
+
+    Runs of rows that differ only in their payload (what ``enqueue_many`` of one
+    function produces) go in one ``INSERT ... SELECT FROM json_each(?)``: SQLite
+    splits the joined payloads in C instead of binding ten parameters per row
+    from Python (~4x faster).  Other rows use ``executemany``.
+    """
+    n = len(rows)
+    i = 0
+    while i < n:
+        first = rows[i]
+        j = i + 1
+        size = len(first.payload)
+        while j < n and size < _BULK_MAX_CHARS and _same_but_payload(rows[j], first):
+            size += len(rows[j].payload) + 1
+            j += 1
+        if j - i < _BULK_MIN_ROWS:
+            conn.executemany(_INSERT, rows[i:j])
+        else:
+            run = rows[i:j]
+            joined = "[" + ",".join([row.payload for row in run]) + "]"
+            cur = conn.execute(_INSERT_FROM_JSON, (
+                first.name, first.queue, first.priority, first.max_attempts, first.timeout_s, first.scheduled_at,
+                first.created_at, first.meta, joined,
+            ))
+            if cur.rowcount != len(run):  # pragma: no cover - one row per array element
+                raise StoreError(f"bulk enqueue wrote {cur.rowcount} rows for {len(run)} jobs")
+            # json_each yields elements in array order (so ids follow the input); check the ends.
+            last_id = cur.lastrowid
+            ends = conn.execute(
+                "SELECT payload FROM minijobs_jobs WHERE id IN (?, ?) ORDER BY id", (last_id - len(run) + 1, last_id)
+            ).fetchall()
+            if ends[0][0] != run[0].payload or ends[-1][0] != run[-1].payload:  # pragma: no cover
+                raise StoreError("bulk enqueue: SQLite did not keep the order of the jobs")
+        i = j
+
+
+def _same_but_payload(a: NewJob, b: NewJob) -> bool:
+    # Field 2 is the payload; everything after it (unique_key included) and name/queue must match.
+    return a[3:] == b[3:] and a[0] == b[0] and a[1] == b[1]
 
 
 def _split_sql(script: str) -> list[str]:
@@ -837,6 +904,13 @@ _INSERT = (
     "created_at, unique_key, meta) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_RETURNING = _INSERT + " RETURNING id"
+_INSERT_FROM_JSON = (
+    "INSERT INTO minijobs_jobs (name, queue, payload, state, priority, max_attempts, timeout_s, scheduled_at, "
+    "created_at, unique_key, meta) SELECT ?, ?, value, 'pending', ?, ?, ?, ?, ?, NULL, ? FROM json_each(?)"
+)
+#: Runs shorter than this use executemany; longer ones are split to stay far below SQLite's string limit.
+_BULK_MIN_ROWS = 8
+_BULK_MAX_CHARS = 32_000_000
 _INSERT_UNIQUE = _INSERT + " ON CONFLICT DO NOTHING RETURNING id"
 
 _CLAIM = f"""

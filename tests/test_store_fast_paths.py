@@ -9,8 +9,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 import minijobs
-from minijobs.store import MIGRATIONS
+from minijobs.store import MIGRATIONS, Outcome
+from minijobs.testing import FakeClock
 
 
 def _index_sql(path: Path, name: str) -> str:
@@ -79,4 +82,106 @@ def test_finished_index_holds_exactly_the_terminal_rows(tmp_path: Path) -> None:
         assert bool(rows[job_id]) == state.is_terminal, (job_id, state)
     app.retry(ok.id)
     assert app.store._conn.execute("SELECT completed_at FROM minijobs_jobs WHERE id=?", (ok.id,)).fetchone() == (None,)
+    app.close()
+
+
+def test_batched_finish_reports_exactly_the_refused_rows(tmp_path: Path) -> None:
+    clock = FakeClock()
+    app = minijobs.App(tmp_path / "jobs.sqlite3", clock=clock)
+
+    @app.job
+    async def f(n: int) -> int:
+        return n
+
+    refs = [f.enqueue(i) for i in range(4)]
+    claimed = app.store.claim("default", 4, owner="A", now=clock.now(), lease_s=10)
+    assert [j.id for j in claimed] == [r.id for r in refs]
+    # Job 2's lease goes to another worker: A's outcome for it must be refused, the others written.
+    clock.advance(11)
+    app.store.execute_write("steal", "UPDATE minijobs_jobs SET lease_owner='B' WHERE id=?", (refs[2].id,))
+    outcomes = [
+        Outcome(job_id=j.id, owner="A", attempt=1, state=minijobs.JobState.SUCCEEDED, completed_at=clock.now(),
+                result=str(i))
+        for i, j in enumerate(claimed)
+    ]
+    assert app.store.finish(outcomes) == [True, True, False, True]
+    states = [app.get(r.id).state for r in refs]
+    assert states == [minijobs.JobState.SUCCEEDED] * 2 + [minijobs.JobState.RUNNING, minijobs.JobState.SUCCEEDED]
+    assert app.get(refs[3].id).result == 3
+    # A whole batch accepted in one go.
+    clock.advance(1)
+    again = app.store.finish([
+        Outcome(job_id=refs[2].id, owner="B", attempt=1, state=minijobs.JobState.FAILED, completed_at=clock.now(),
+                error='{"attempt":1,"type":"E","message":"m","traceback":"","at":0}'),
+    ])
+    assert again == [True]
+    assert app.get(refs[2].id).errors[0].message == "m"
+    app.close()
+
+
+def test_bulk_enqueue_maps_ids_to_payloads_in_order_across_runs(tmp_path: Path) -> None:
+    app = minijobs.App(tmp_path / "jobs.sqlite3", queues=[minijobs.Queue("default"), minijobs.Queue("other")])
+
+    @app.job
+    async def f(*args: object, **kwargs: object) -> None:
+        return None
+
+    @app.job(queue="other")
+    async def g(n: int) -> None:
+        return None
+
+    requests = (
+        [f.prepare(i, text="é\u2028\"\\", nested={"a": [1.5, None, True]}) for i in range(50)]  # one long run
+        + [g.prepare(i) for i in range(3)]  # a short run of another function and queue
+        + [f.options(priority=5).prepare(i) for i in range(20)]  # same function, other options
+        + [f.prepare(i) for i in range(30)]
+        + [f.prepare(i, big="x" * 1000) for i in range(10)]
+    )
+    refs = app.enqueue_many(requests)
+    requests.append(f.options(unique_key="u").prepare(-1))  # a unique key: the row-by-row path
+    refs += app.enqueue_many([requests[-1]])
+    assert len(refs) == len(requests) and all(r.created for r in refs)
+    assert [r.id for r in refs] == list(range(refs[0].id, refs[0].id + len(refs)))
+    for ref, request in zip(refs, requests, strict=True):
+        job = app.get(ref.id)
+        assert (job.name, job.args, job.kwargs, job.priority, job.queue) == (
+            request.function.name, tuple(request.args), request.kwargs, request.spec.priority, request.spec.queue,
+        )
+    # A second unique enqueue returns the live job, the others are still inserted.
+    more = app.enqueue_many([f.options(unique_key="u").prepare(-2), *[f.prepare(i) for i in range(10)]])
+    assert not more[0].created and more[0].id == refs[-1].id
+    assert all(r.created for r in more[1:])
+    app.close()
+
+
+def test_bulk_enqueue_is_all_or_nothing(tmp_path: Path) -> None:
+    app = minijobs.App(tmp_path / "jobs.sqlite3")
+
+    @app.job
+    async def f(n: object) -> None:
+        return None
+
+    with pytest.raises(minijobs.PayloadTypeError):
+        app.enqueue_many([*[f.prepare(i) for i in range(100)], f.prepare((1, 2))])
+    assert sum(app.store.count_by_state().values()) == 0
+    app.close()
+
+
+def test_cancel_flag_of_a_context_is_created_on_demand() -> None:
+    from minijobs.context import JobContext
+
+    app = minijobs.App(":memory:")
+
+    @app.job
+    async def f() -> None:
+        return None
+
+    job = app.get(f.enqueue().id)
+    ctx = JobContext(job)
+    assert not ctx.cancelled
+    ctx.check_cancelled()
+    ctx._request_cancel()
+    assert ctx.cancelled
+    with pytest.raises(minijobs.Cancelled):
+        ctx.check_cancelled()
     app.close()
