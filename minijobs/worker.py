@@ -256,9 +256,6 @@ class Worker:
                 scheduled_at = now + self._retry_delay(job, exc)
             else:
                 state = JobState.FAILED
-            log = logger.info if state is JobState.RETRYING else logger.warning
-            log("job %d (%s) attempt %d: %s: %s -> %s", job.id, job.name, job.attempts,
-                type(exc).__name__, exc, state, extra={"job_id": job.id})
         progress_entry = self._progress.pop(job.id, None)
         outcome = Outcome(
             job_id=job.id,
@@ -275,6 +272,10 @@ class Worker:
             outcome, job = self._apply_completed_hooks(job, outcome, exc, result)
         elif self._updated_hooks or self.app.events.wants("job.completed"):
             job = self._proposed(job, outcome, result)
+        if exc is not None:  # logged after the hooks, so the line shows the outcome actually written
+            log = logger.info if outcome.state is JobState.RETRYING else logger.warning
+            log("job %d (%s) attempt %d: %s: %s -> %s", job.id, job.name, job.attempts,
+                type(exc).__name__, exc, outcome.state, extra={"job_id": job.id})
         self._outcomes.append((outcome, job))
         self._wake_event.set()
 
