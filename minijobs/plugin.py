@@ -300,9 +300,8 @@ def _coerce(owner: str, path: str, value: Any, kind: Any) -> Any:
         if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
             item = args[1] if len(args) == 2 else Any
             return {k: _coerce(owner, f"{path}.{k}", v, item) for k, v in value.items()}
-    elif isinstance(kind, type):
-        if isinstance(value, kind):
-            return value
+    elif isinstance(kind, type) and isinstance(value, kind):
+        return value
     raise ConfigurationError(f"{owner}: option {path!r} must be {_describe(kind)}, got {value!r}")
 
 

@@ -13,7 +13,7 @@ from ..errors import ConfigurationError
 from ..plugin import Plugin
 from .cron import Cron, CronSchedule
 from .leadership import Leader, Leadership
-from .pruner import PruneReport, Pruner, prune
+from .pruner import Pruner, PruneReport, prune
 from .recovery import Recovery, RecoveryReport
 
 __all__ = (

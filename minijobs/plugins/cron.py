@@ -41,7 +41,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .. import payload
 from ..cron import CronExpression, parse, resolve_tz
@@ -134,7 +134,7 @@ class CronSchedule:
             raise ConfigurationError(f"cron schedule {self.name!r}: kwargs must be a mapping, got {type(self.kwargs).__name__}")
         object.__setattr__(self, "args", tuple(self.args))
         object.__setattr__(self, "kwargs", dict(self.kwargs))
-        payload.encode_call(self.args, self.kwargs, max_bytes=payload.DEFAULT_MAX_BYTES)
+        payload.encode_call(tuple(self.args), dict(self.kwargs), max_bytes=payload.DEFAULT_MAX_BYTES)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, where: str = IDENTIFIER) -> CronSchedule:
@@ -161,7 +161,7 @@ class CronSchedule:
         job = self.job
         if isinstance(job, str):
             return job
-        function = getattr(job, "function", job)
+        function: Any = getattr(job, "function", job)
         return str(function.name)
 
     def next_fire(self, after: datetime) -> datetime:
@@ -187,7 +187,7 @@ class Cron(Plugin):
     """
 
     migrations = MIGRATIONS
-    config_schema = {"schedules": list[Any], "keep_slots_s": float}
+    config_schema: ClassVar[Mapping[str, Any]] = {"schedules": list[Any], "keep_slots_s": float}
 
     keep_slots_s: float
 
@@ -294,7 +294,7 @@ class Cron(Plugin):
         return fired
 
     def _fire(self, app: App, schedule: CronSchedule, slot: int, at: datetime, catch_up: bool, now: float) -> int | None:
-        meta = {"cron": schedule.name, "slot": at.isoformat()}
+        meta: dict[str, Any] = {"cron": schedule.name, "slot": at.isoformat()}
         if catch_up:
             meta["catch_up"] = True
         request = self._request(app, schedule, meta)

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigurationError, StoreError
 from ..job import to_datetime
@@ -100,7 +101,7 @@ class Leadership(Plugin):
     """
 
     migrations = MIGRATIONS
-    config_schema = {"lease_s": float, "renew_interval_s": float | None}
+    config_schema: ClassVar[Mapping[str, Any]] = {"lease_s": float, "renew_interval_s": float | None}
 
     lease_s: float
     renew_interval_s: float | None

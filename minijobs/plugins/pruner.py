@@ -26,8 +26,9 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigurationError, InvalidNameError
 from ..job import JobState
@@ -71,7 +72,7 @@ class _Rule:
 class Pruner(Plugin):
     """Deletes finished jobs older than their retention; see the module docstring for the rules."""
 
-    config_schema = {
+    config_schema: ClassVar[Mapping[str, Any]] = {
         "keep_s": float | None,
         "keep_by_state": dict[str, float | None],
         "keep_by_queue": dict[str, float | None],
@@ -157,7 +158,7 @@ class Pruner(Plugin):
         spared = tuple(self.keep_by_queue)
         by_keep: dict[float, list[str]] = {}
         for state in _TERMINAL:
-            keep = self.keep_by_state[state] if state in self.keep_by_state else self.keep_s
+            keep = self.keep_by_state.get(state, self.keep_s)
             if keep is not None:
                 by_keep.setdefault(keep, []).append(state)
         rules.extend(_Rule(keep, tuple(states), None, spared) for keep, states in by_keep.items())

@@ -18,8 +18,9 @@ when the process that died was the leader.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigurationError
 from ..plugin import Plugin, PluginScope
@@ -50,7 +51,7 @@ class Recovery(Plugin):
     rows touched per transaction.
     """
 
-    config_schema = {"interval_s": float | None, "max_rescues": int, "batch_size": int}
+    config_schema: ClassVar[Mapping[str, Any]] = {"interval_s": float | None, "max_rescues": int, "batch_size": int}
 
     interval_s: float | None
     max_rescues: int
