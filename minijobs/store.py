@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -272,8 +273,16 @@ class SQLiteStore:
                     raise CorruptDatabaseError(f"{self.path} is not a SQLite database (bad header)")
             return
         if file_mode is not None:
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_EXCL, file_mode)
-            os.close(fd)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_EXCL, file_mode)
+            except FileExistsError:
+                # Another process created it since the check (processes starting together on a
+                # fresh path): an empty file is a new database to SQLite, and its locks do the rest.
+                return
+            try:
+                os.fchmod(fd, file_mode)  # exactly the mode asked for, whatever the umask
+            finally:
+                os.close(fd)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -289,7 +298,7 @@ class SQLiteStore:
     def _configure(self, conn: sqlite3.Connection) -> None:
         """Apply pragmas and read every one back: SQLite ignores settings it cannot apply."""
         if not self.is_memory:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._switch_to_wal(conn)
             if mode.lower() != "wal":
                 raise StoreError(f"could not switch {self.path} to WAL journal mode (got {mode!r})")
         want_sync = {"normal": 1, "full": 2}[self.durability]
@@ -305,6 +314,25 @@ class SQLiteStore:
         conn.execute("PRAGMA temp_store=MEMORY")
         # Verify the file is readable now, so a damaged file fails at open and not mid-job.
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode=WAL``, retried within the busy timeout.
+
+        While another process switches a brand-new file to WAL, SQLite answers
+        this pragma with SQLITE_BUSY at once, without calling the busy handler,
+        so processes starting together on a fresh path would fail to open.
+        """
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay = 0.001
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                busy = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(0.05, delay * 2)
 
     def close(self) -> None:
         with self._lock:
