@@ -41,6 +41,10 @@ Durability = Literal["normal", "full"]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
+#: The WAL file is cut back to this size whenever it restarts: a long-lived reader makes it grow
+#: without bound while it pins old pages, and without a limit the file would keep that size for ever.
+WAL_SIZE_LIMIT_BYTES = 8 * 1024 * 1024
+
 #: Schema of the core tables; each entry migrates from version i to i + 1.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -212,6 +216,26 @@ def _parse_progress(text: str) -> Progress:
     return Progress(done=data.get("done", 0), total=data.get("total"), message=data.get("message"))
 
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Windows
+    resource = None  # type: ignore[assignment]
+
+#: Extended I/O error codes of a refused write (EFBIG, EDQUOT, EIO...: SQLite maps only ENOSPC to SQLITE_FULL).
+_WRITE_IOERRS = frozenset({
+    sqlite3.SQLITE_IOERR_WRITE, sqlite3.SQLITE_IOERR_TRUNCATE, sqlite3.SQLITE_IOERR_FSYNC,
+    sqlite3.SQLITE_IOERR_DIR_FSYNC, sqlite3.SQLITE_IOERR_SHMSIZE,
+})
+
+
+def _file_size_limit() -> int | None:
+    """This process's RLIMIT_FSIZE soft limit in bytes; None when unlimited or unknown."""
+    if resource is None:  # pragma: no cover - not on Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
 def _translate(exc: sqlite3.Error, what: str) -> StoreError:
     """Map a sqlite3 error to a typed minijobs error with a message that says what to do."""
     message = str(exc)
@@ -223,6 +247,20 @@ def _translate(exc: sqlite3.Error, what: str) -> StoreError:
         )
     if "full" in lowered or code == sqlite3.SQLITE_FULL:
         return StorageFullError(f"{what}: the disk or file-size limit is full; nothing was written ({message})")
+    if code in _WRITE_IOERRS:
+        # A write past RLIMIT_FSIZE fails with EFBIG (Python ignores SIGXFSZ), which SQLite reports
+        # as a generic I/O error; the transaction was rolled back either way.
+        name = getattr(exc, "sqlite_errorname", "SQLITE_IOERR")
+        limit = _file_size_limit()
+        if limit is not None:
+            return StorageFullError(
+                f"{what}: a write went past this process's file-size limit (RLIMIT_FSIZE = {limit} bytes); "
+                f"nothing was written ({name})"
+            )
+        return StoreError(
+            f"{what}: the operating system refused a write ({name}: {message}); the disk may be over quota or "
+            "failing; nothing was written"
+        )
     if "not a database" in lowered or "malformed" in lowered or code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
         return CorruptDatabaseError(f"{what}: the database file is damaged or not a SQLite database ({message})")
     return StoreError(f"{what}: {message}")
@@ -312,6 +350,8 @@ class SQLiteStore:
             raise StoreError("PRAGMA busy_timeout did not take")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA temp_store=MEMORY")
+        if conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}").fetchone()[0] != WAL_SIZE_LIMIT_BYTES:
+            raise StoreError("PRAGMA journal_size_limit did not take")
         # Verify the file is readable now, so a damaged file fails at open and not mid-job.
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
