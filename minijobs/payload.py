@@ -57,7 +57,8 @@ def encode(
         _explain_roots(value, what, roots)
     if text.count("[") + text.count("{") > MAX_DEPTH:
         _check_depth(value, what)
-    if max_bytes is not None and len(text) > max_bytes and len(text.encode()) > max_bytes:
+    # Limits are in bytes: a character count under the limit proves nothing for non-ASCII text.
+    if max_bytes is not None and (len(text) > max_bytes or (not text.isascii() and len(text.encode()) > max_bytes)):
         raise PayloadValueError(f"{what} is {len(text.encode())} bytes of JSON, over the {max_bytes}-byte limit")
     return text
 
@@ -164,6 +165,7 @@ def encode_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *, ma
     if (
         text is None
         or len(text) > max_bytes
+        or (not text.isascii() and len(text.encode()) > max_bytes)
         or text.count("[") + text.count("{") > MAX_DEPTH
         or _call_maybe_lossy(args, kwargs)
     ):
