@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import PayloadTypeError, PayloadValueError
@@ -100,8 +101,10 @@ def _call_maybe_lossy(args: list[Any], kwargs: dict[str, Any]) -> bool:
     for item in args:
         if type(item) not in plain:
             return _maybe_lossy(args) or _maybe_lossy(kwargs)
-    for item in kwargs.values():
-        if type(item) not in plain:
+    if type(kwargs) is not dict:
+        return True
+    for key, item in kwargs.items():
+        if type(item) not in plain or type(key) is not str:
             return _maybe_lossy(kwargs)
     return False
 
@@ -170,6 +173,37 @@ def encode_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *, ma
         or _call_maybe_lossy(args, kwargs)
     ):
         return encode(value, what="job arguments", max_bytes=max_bytes, roots={"args": args, "kwargs": kwargs})
+    return text
+
+
+def encode_calls(calls: Sequence[tuple[Sequence[Any], dict[str, Any]]], *, max_bytes: int) -> str | None:
+    """The payloads of many calls as one JSON array, or None when any call needs :func:`encode_call`.
+
+    For ``enqueue_many``: one C encoder pass for the whole batch instead of one
+    call per job.  Only calls whose arguments are all plain scalars qualify
+    (nothing can be lossy or too deep), and only if the whole array fits in
+    ``max_bytes`` (then every payload does).  Anything else returns None and
+    the caller encodes call by call, which raises the precise errors.
+    """
+    plain = _PLAIN
+    values = []
+    append = values.append
+    for args, kwargs in calls:
+        if type(kwargs) is not dict:
+            return None
+        for item in args:
+            if type(item) not in plain:
+                return None
+        for key, item in kwargs.items():
+            if type(item) not in plain or type(key) is not str:
+                return None
+        append({"args": list(args), "kwargs": kwargs})
+    try:
+        text = _encode(values)
+    except (TypeError, ValueError, RecursionError):  # e.g. NaN
+        return None
+    if len(text) > max_bytes or (not text.isascii() and len(text.encode()) > max_bytes):
+        return None
     return text
 
 
