@@ -27,7 +27,7 @@ from .job import Job, JobState
 from .names import check_job_name, check_queue_name
 from .plugin import Plugin
 from .queue import Queue
-from .store import Durability, NewJob, SQLiteStore
+from .store import Durability, NewJob, PayloadRun, SQLiteStore
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _UNSET: Any = object()
+#: enqueue_many encodes runs of at least _RUN_MIN plain-argument requests _RUN_CHUNK at a time (see App._add_rows).
+_RUN_MIN = 8
+_RUN_CHUNK = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,16 +416,49 @@ class App:
         transaction, and returning False enqueues nothing (and returns ``[]``).
         """
         now = self.clock.now()
-        rows = []
+        rows: list[NewJob | PayloadRun] = []
+        group: list[EnqueueRequest] = []
         for request in requests:
             if not isinstance(request, EnqueueRequest):
                 raise TypeError(f"enqueue_many takes fn.prepare(...) requests, got {type(request).__name__}")
-            rows.append(self._new_row(request.function, request.args, request.kwargs, request.spec, now))
+            if group and (request.function is not group[0].function or request.spec is not group[0].spec):
+                self._add_rows(group, now, rows)
+                group = []
+            group.append(request)
+        if group:
+            self._add_rows(group, now, rows)
         results = self.store.enqueue(rows, guard=guard)
         self._after_enqueue([job_id for job_id, created in results if created])
         if self._eager_hook is not None and any(created for _, created in results):
             self._eager_hook([job_id for job_id, created in results if created])
         return [JobRef(self, job_id, created=created) for job_id, created in results]
+
+    def _add_rows(self, group: list[EnqueueRequest], now: float, rows: list[NewJob | PayloadRun]) -> None:
+        """Rows for requests of one function with one spec: only their payloads differ.
+
+        The first request is checked in full; the others reuse its row.  Plain
+        arguments are encoded in chunks by one C call each and inserted as a
+        :class:`PayloadRun`; anything else takes the per-call path (precise errors).
+        """
+        first = group[0]
+        row = self._new_row(first.function, first.args, first.kwargs, first.spec, now)
+        rows.append(row)
+        max_bytes = self.max_payload_bytes
+        encode_call = payload.encode_call
+        start = 1
+        if row.unique_key is None:
+            while len(group) - start >= _RUN_MIN:
+                chunk = group[start:start + _RUN_CHUNK]
+                calls = [(r.args, r.kwargs) for r in chunk]
+                text = payload.encode_calls(calls, max_bytes=max_bytes)
+                if text is None:
+                    break
+                ends = [encode_call(*calls[0], max_bytes=max_bytes), encode_call(*calls[-1], max_bytes=max_bytes)]
+                rows.append(PayloadRun(row, text, len(chunk), ends[0], ends[1]))
+                start += len(chunk)
+        for request in group[start:]:
+            text = encode_call(request.args, request.kwargs, max_bytes=max_bytes)
+            rows.append(NewJob(row[0], row[1], text, row[3], row[4], row[5], row[6], row[7], row[8], row[9]))
 
     async def enqueue_many_async(self, requests: Iterable[EnqueueRequest]) -> list[JobRef]:
         return self.enqueue_many(requests)

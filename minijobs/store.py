@@ -144,7 +144,38 @@ class Outcome(NamedTuple):
     progress: str | None = None
 
 
+class PayloadRun(NamedTuple):
+    """Jobs that share every column but the payload, with their payloads as one JSON array.
+
+    Built by ``enqueue_many`` (see :func:`minijobs.payload.encode_calls`) and
+    inserted by one ``INSERT ... SELECT FROM json_each``; ``template``'s own
+    payload is ignored, ``first``/``last`` are the first and last payloads (to
+    check that ids follow the array order).
+    """
+
+    template: NewJob
+    payloads: str
+    count: int
+    first: str
+    last: str
+
+
 def _job_from_row(row: Sequence[Any], times: dict[float, datetime] | None = None) -> Job:
+    """A :class:`Job` from a ``_JOB_COLUMNS`` row; a row that cannot be read raises CorruptDatabaseError.
+
+    A tampered or damaged row (state, result, errors, progress or meta that is
+    not what minijobs wrote) must give a typed error naming the job, not a bare
+    ``JSONDecodeError`` that takes a worker down.
+    """
+    try:
+        return _decode_row(row, times)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CorruptDatabaseError(
+            f"job {row[0]}: its stored row is damaged ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _decode_row(row: Sequence[Any], times: dict[float, datetime] | None = None) -> Job:
     """A :class:`Job` from a ``_JOB_COLUMNS`` row.
 
     ``times`` memoises timestamp conversions across the rows of one read: jobs
@@ -481,9 +512,11 @@ class SQLiteStore:
     # -- enqueue -----------------------------------------------------------
 
     def enqueue(
-        self, rows: Sequence[NewJob], *, guard: Callable[[sqlite3.Connection], bool] | None = None
+        self, rows: Sequence[NewJob | PayloadRun], *, guard: Callable[[sqlite3.Connection], bool] | None = None
     ) -> list[tuple[int, bool]]:
-        """Insert jobs in one transaction; return ``(id, created)`` per row, in order.
+        """Insert jobs in one transaction; return ``(id, created)`` per job, in order.
+
+        A :class:`PayloadRun` stands for ``count`` jobs.
 
         A row whose ``unique_key`` already has a live job returns that job's id
         with ``created=False``; the partial unique index makes this hold across
@@ -500,24 +533,32 @@ class SQLiteStore:
                 if not guard(conn):
                     return []
                 return self._insert_rows(conn, rows)
-        if len(rows) == 1 and rows[0].unique_key is None:
+        if len(rows) == 1 and type(rows[0]) is NewJob and rows[0].unique_key is None:
             # Autocommit single statement: the cheapest durable insert SQLite offers.
-            with self._read("enqueue") as conn:
-                (job_id,) = conn.execute(_INSERT_RETURNING, rows[0]).fetchone()
+            with self._lock:
+                try:
+                    (job_id,) = self._conn.execute(_INSERT_RETURNING, rows[0]).fetchone()
+                except sqlite3.Error as exc:
+                    raise _translate(exc, "enqueue") from exc
             return [(job_id, True)]
         with self._write("enqueue") as conn:
             return self._insert_rows(conn, rows)
 
-    def _insert_rows(self, conn: sqlite3.Connection, rows: Sequence[NewJob]) -> list[tuple[int, bool]]:
-        if all(row.unique_key is None for row in rows):
+    def _insert_rows(self, conn: sqlite3.Connection, rows: Sequence[NewJob | PayloadRun]) -> list[tuple[int, bool]]:
+        if all(type(row) is PayloadRun or row.unique_key is None for row in rows):
+            total = sum(row.count if type(row) is PayloadRun else 1 for row in rows)
             before = _sequence(conn)
             _bulk_insert(conn, rows)
             after = _sequence(conn)
-            if after - before != len(rows):  # pragma: no cover - AUTOINCREMENT guarantees this
+            if after - before != total:  # pragma: no cover - AUTOINCREMENT guarantees this
                 raise StoreError("bulk enqueue allocated non-contiguous ids")
             return [(job_id, True) for job_id in range(before + 1, after + 1)]
         out: list[tuple[int, bool]] = []
         for row in rows:
+            if type(row) is PayloadRun:
+                last_id = _insert_json_run(conn, row.template, row.payloads, row.count, row.first, row.last)
+                out.extend((job_id, True) for job_id in range(last_id - row.count + 1, last_id + 1))
+                continue
             if row.unique_key is None:
                 (job_id,) = conn.execute(_INSERT_RETURNING, row).fetchone()
                 out.append((job_id, True))
@@ -549,9 +590,31 @@ class SQLiteStore:
                 _CLAIM, {"queue": queue, "limit": limit, "owner": owner, "now": now, "expires": now + lease_s}
             ).fetchall()
         times: dict[float, datetime] = {}
-        jobs = [_job_from_row(row, times) for row in rows]
+        jobs: list[Job] = []
+        damaged: list[tuple[int, int, str]] = []
+        for row in rows:
+            try:
+                jobs.append(_job_from_row(row, times))
+            except CorruptDatabaseError as exc:
+                damaged.append((row[0], row[6], str(exc)))
+        if damaged:
+            self._fail_damaged(damaged, owner=owner, now=now)
         jobs.sort(key=_claim_order)
         return jobs
+
+    def _fail_damaged(self, damaged: Sequence[tuple[int, int, str]], *, owner: str, now: float) -> None:
+        """Fail claimed jobs whose row cannot be read, so that no worker chokes on them again."""
+        with self._write("fail damaged jobs") as conn:
+            for job_id, attempt, message in damaged:
+                logger.error("%s; failing it", message, extra={"job_id": job_id})
+                error = json.dumps({"attempt": attempt, "type": "minijobs.CorruptDatabaseError", "message": message,
+                                    "traceback": "", "at": now})
+                # errors is replaced, not appended to: it may be the damaged column.
+                conn.execute(
+                    "UPDATE minijobs_jobs SET state='failed', completed_at=?, errors=json_array(json(?)), "
+                    "lease_owner=NULL, lease_expires_at=NULL WHERE id=? AND lease_owner=? AND state='running'",
+                    (now, error, job_id, owner),
+                )
 
     def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Write the ends of attempts in one transaction; False where the fence refused a stale write."""
@@ -920,7 +983,7 @@ def _claim_order(job: Job) -> tuple[int, int]:
     return (-job.priority, job.id)
 
 
-def _bulk_insert(conn: sqlite3.Connection, rows: Sequence[NewJob]) -> None:
+def _bulk_insert(conn: sqlite3.Connection, rows: Sequence[NewJob | PayloadRun]) -> None:
     """Insert rows without unique keys, in order, as cheaply as SQLite allows.
 
     Runs of rows that differ only in their payload (what ``enqueue_many`` of one
@@ -932,30 +995,42 @@ def _bulk_insert(conn: sqlite3.Connection, rows: Sequence[NewJob]) -> None:
     i = 0
     while i < n:
         first = rows[i]
+        if type(first) is PayloadRun:
+            _insert_json_run(conn, first.template, first.payloads, first.count, first.first, first.last)
+            i += 1
+            continue
         j = i + 1
         size = len(first.payload)
-        while j < n and size < _BULK_MAX_CHARS and _same_but_payload(rows[j], first):
-            size += len(rows[j].payload) + 1
+        while j < n and size < _BULK_MAX_CHARS and type(rows[j]) is NewJob and _same_but_payload(rows[j], first):
+            size += len(rows[j].payload) + 1  # type: ignore[union-attr]
             j += 1
+        run: Sequence[NewJob] = rows[i:j]  # type: ignore[assignment]
         if j - i < _BULK_MIN_ROWS:
-            conn.executemany(_INSERT, rows[i:j])
+            conn.executemany(_INSERT, run)
         else:
-            run = rows[i:j]
             joined = "[" + ",".join([row.payload for row in run]) + "]"
-            cur = conn.execute(_INSERT_FROM_JSON, (
-                first.name, first.queue, first.priority, first.max_attempts, first.timeout_s, first.scheduled_at,
-                first.created_at, first.meta, joined,
-            ))
-            if cur.rowcount != len(run):  # pragma: no cover - one row per array element
-                raise StoreError(f"bulk enqueue wrote {cur.rowcount} rows for {len(run)} jobs")
-            # json_each yields elements in array order (so ids follow the input); check the ends.
-            last_id = cur.lastrowid
-            ends = conn.execute(
-                "SELECT payload FROM minijobs_jobs WHERE id IN (?, ?) ORDER BY id", (last_id - len(run) + 1, last_id)
-            ).fetchall()
-            if ends[0][0] != run[0].payload or ends[-1][0] != run[-1].payload:  # pragma: no cover
-                raise StoreError("bulk enqueue: SQLite did not keep the order of the jobs")
+            _insert_json_run(conn, first, joined, len(run), run[0].payload, run[-1].payload)
         i = j
+
+
+def _insert_json_run(
+    conn: sqlite3.Connection, template: NewJob, payloads: str, count: int, first: str, last: str
+) -> int:
+    """Insert ``count`` jobs like ``template`` with the payloads of a JSON array; return the last id."""
+    cur = conn.execute(_INSERT_FROM_JSON, (
+        template.name, template.queue, template.priority, template.max_attempts, template.timeout_s,
+        template.scheduled_at, template.created_at, template.meta, payloads,
+    ))
+    if cur.rowcount != count:  # pragma: no cover - one row per array element
+        raise StoreError(f"bulk enqueue wrote {cur.rowcount} rows for {count} jobs")
+    # json_each yields elements in array order (so ids follow the input); check the ends.
+    last_id: int = cur.lastrowid  # type: ignore[assignment]
+    ends = conn.execute(
+        "SELECT payload FROM minijobs_jobs WHERE id IN (?, ?) ORDER BY id", (last_id - count + 1, last_id)
+    ).fetchall()
+    if ends[0][0] != first or ends[-1][0] != last:  # pragma: no cover
+        raise StoreError("bulk enqueue: SQLite did not keep the order of the jobs")
+    return last_id
 
 
 def _same_but_payload(a: NewJob, b: NewJob) -> bool:

@@ -185,3 +185,50 @@ def test_cancel_flag_of_a_context_is_created_on_demand() -> None:
     with pytest.raises(minijobs.Cancelled):
         ctx.check_cancelled()
     app.close()
+
+
+def test_enqueue_many_batched_payloads_round_trip_and_fall_back(tmp_path: Path) -> None:
+    app = minijobs.App(tmp_path / "jobs.sqlite3", max_payload_bytes=4096)
+
+    @app.job
+    async def f(*args: object, **kwargs: object) -> None:
+        return None
+
+    requests = (
+        [f.prepare(i, "é", 1.5, None, True, k="ü\u2028") for i in range(5000)]  # several encoded chunks
+        + [f.prepare({"nested": [i]}) for i in range(20)]  # not plain: encoded call by call
+        + [f.prepare("x" * 300) for _ in range(40)]  # each fits, the chunk (12 KB) does not: call by call
+        + [f.options(unique_key="k").prepare(i) for i in range(10)]  # one unique key: one job
+        + [f.prepare(i) for i in range(30)]  # a run after unique rows (the row-by-row store path)
+    )
+    refs = app.enqueue_many(requests)
+    assert len(refs) == len(requests)
+    unique_ids = {r.id for r, q in zip(refs, requests, strict=True) if q.spec.unique_key}
+    assert len(unique_ids) == 1
+    jobs = {j.id: j for j in app.jobs(limit=10_000)}
+    for ref, request in zip(refs, requests, strict=True):
+        if request.spec.unique_key:
+            continue
+        assert ref.created
+        assert (jobs[ref.id].args, jobs[ref.id].kwargs) == (tuple(request.args), request.kwargs)
+    app.close()
+
+
+def test_enqueue_many_batched_payloads_keep_the_typed_errors(tmp_path: Path) -> None:
+    app = minijobs.App(tmp_path / "jobs.sqlite3", max_payload_bytes=100)
+
+    @app.job
+    async def f(*args: object, **kwargs: object) -> None:
+        return None
+
+    plain = [f.prepare(i) for i in range(50)]
+    with pytest.raises(minijobs.PayloadValueError, match="nan"):
+        app.enqueue_many([*plain, f.prepare(float("nan")), *plain])
+    bad_key = minijobs.EnqueueRequest(f, (), {1: "x"}, f.spec)  # type: ignore[dict-item]
+    with pytest.raises(minijobs.PayloadTypeError, match="key 1"):
+        app.enqueue_many([*plain, bad_key, *plain])
+    with pytest.raises(minijobs.PayloadValueError, match="100-byte limit"):
+        app.enqueue_many([*plain, f.prepare("é" * 60), *plain])  # 120 bytes in 60 characters
+    assert sum(app.store.count_by_state().values()) == 0
+    assert len(app.enqueue_many([*plain, f.prepare("é" * 30), *plain])) == 101
+    app.close()
