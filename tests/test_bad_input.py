@@ -301,6 +301,33 @@ def test_garbage_payload_in_a_worker_thread_keeps_the_worker_alive(app: App, fn:
         assert app.get(bad).state is JobState.FAILED
 
 
+@pytest.mark.parametrize(("column", "garbage"), [("meta", "{bad"), ("errors", "nope"), ("progress", "{x"),
+                                                ("result", "{y"), ("meta", "[1, 2")])
+def test_garbage_in_other_columns_fails_that_job_with_a_typed_error(
+    app: App, fn: Any, column: str, garbage: str
+) -> None:
+    # Before the fix a bare JSONDecodeError escaped from the claim: the worker died, and the
+    # claimed batch stayed running until its leases expired, only to kill the next worker.
+    bad = fn.enqueue("tampered")
+    app.store.execute_write("tamper", f"UPDATE minijobs_jobs SET {column}=? WHERE id=?", (garbage, bad.id))
+    with app.running():
+        good = fn.enqueue("still flowing")
+        assert good.wait(timeout_s=10).result == "ran"
+    (state, errors) = app.store.query("q", "SELECT state, errors FROM minijobs_jobs WHERE id=?", (bad.id,))[0]
+    assert state == "failed" and "CorruptDatabaseError" in errors and f"job {bad.id}" in errors
+    if column != "errors":  # the damaged column is kept as evidence; reading the job says so
+        with pytest.raises(CorruptDatabaseError, match=f"job {bad.id}: its stored row is damaged"):
+            app.get(bad.id)
+
+
+def test_unknown_state_is_a_typed_error_on_read(app: App, fn: Any) -> None:
+    ref = fn.enqueue()
+    app.store.execute_write("tamper", "UPDATE minijobs_jobs SET state='bogus' WHERE id=?", (ref.id,))
+    with pytest.raises(CorruptDatabaseError, match=f"job {ref.id}"):
+        app.get(ref.id)
+    app.drain()  # never claimed, and the worker does not mind
+
+
 # -- damaged files -----------------------------------------------------------------------------------------------
 
 
