@@ -31,10 +31,12 @@ import resource
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from minijobs import Queue
-from minijobs.plugins import Recovery
+from minijobs.plugins import Cron, CronSchedule, Leadership, Recovery
+from minijobs.testing import FakeClock
 
 from .jobs import ATASK, TASK, build_app
 from .ledger import process_ledger
@@ -72,6 +74,31 @@ def _set_fsize(value: str) -> None:
     soft = resource.RLIM_INFINITY if value == "inf" else int(value)
     _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _shared_clock(path: str) -> FakeClock:
+    """A FakeClock that follows the time the test writes to ``path`` (a float, replaced atomically).
+
+    Every process of a simulated day reads the same file, so they share one
+    fake time; each change is applied through ``FakeClock.set`` and thereby
+    wakes this process's worker and plugins, as in a single-process test.
+    """
+
+    def read() -> float:
+        with open(path) as fh:
+            return float(fh.read())
+
+    clock = FakeClock(read())
+
+    def follow() -> None:
+        while True:
+            value = read()
+            if value > clock.now():
+                clock.set(value)
+            time.sleep(0.002)
+
+    threading.Thread(target=follow, daemon=True, name="shared-clock").start()
+    return clock
 
 
 def _say(line: str) -> None:
@@ -170,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rescues", type=int, default=3)
     parser.add_argument("--die-in", choices=["claim", "finish"])
     parser.add_argument("--die-ticks", type=int, default=20)
+    parser.add_argument("--shared-clock", help="file holding the simulated time (epoch seconds)")
+    parser.add_argument("--cron", help="fire rel.task on this cron expression (with Leadership)")
+    parser.add_argument("--leader-lease-s", type=float, default=15.0)
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -178,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     plugins: list[Any] = []
     if args.recovery_interval_s:
         plugins.append(Recovery(interval_s=args.recovery_interval_s, max_rescues=args.max_rescues))
+    if args.cron:
+        plugins.append(Leadership(lease_s=args.leader_lease_s))
+        plugins.append(Cron([CronSchedule("rel", args.cron, job=TASK, args=[{}])]))
+    options: dict[str, Any] = {}
+    if args.shared_clock:
+        options["clock"] = _shared_clock(args.shared_clock)
     app = build_app(
         args.db,
         queues=[_parse_queue(q) for q in args.queue] or [Queue("default")],
@@ -185,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         lease_s=args.lease_s,
         grace_s=args.grace_s,
         busy_timeout_s=args.busy_timeout_s,
+        **options,
     )
     if args.mode == "client":
         return _client(app)
