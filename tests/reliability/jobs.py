@@ -5,7 +5,9 @@ can hang on its first attempt, kill its own process on every attempt, fail
 once or wait for a gate file: the scenario decides at enqueue time.  Plan keys:
 ``hang``/``die``/``stop``/``fail`` (``true`` or a list of attempt numbers),
 ``sleep_s`` (with ``sleep_on``: attempts), ``gate`` (a path to wait for) and
-``end_before_gate`` (record ``end`` before waiting, for disk-full scenarios).  Every
+``end_before_gate`` (record ``end`` before waiting, for disk-full scenarios) and
+``stubborn_s`` (a sync body sleeps without looking at cancellation),
+``in_pid`` (the plan applies only in that process; elsewhere the job just returns).  Every
 execution writes ``start`` and ``end`` to the process's ledger and returns
 ``{"pid", "attempt"}`` so the checker can tell which execution's result the
 database accepted.
@@ -60,11 +62,15 @@ def task(plan: dict[str, Any]) -> dict[str, Any]:
     """Synchronous body (runs in a thread or a process-pool child)."""
     ctx = current_job()
     job_id, attempt = ctx.id, ctx.attempt
+    if plan.get("in_pid") not in (None, os.getpid()):
+        plan = {}
     ledger = process_ledger()
     token = ledger.start(job_id, attempt)
     outcome = "error"
     try:
         _before(plan, job_id, attempt)
+        if plan.get("stubborn_s"):
+            time.sleep(plan["stubborn_s"])  # ignores cancellation, as careless thread code does
         if _applies(plan.get("hang"), attempt):
             while not ctx.cancelled:
                 time.sleep(0.02)
@@ -96,6 +102,8 @@ async def atask(plan: dict[str, Any]) -> dict[str, Any]:
     """Asynchronous body (runs as a task of the worker's loop; cancellation is hard)."""
     ctx = current_job()
     job_id, attempt = ctx.id, ctx.attempt
+    if plan.get("in_pid") not in (None, os.getpid()):
+        plan = {}
     ledger = process_ledger()
     token = ledger.start(job_id, attempt)
     outcome = "error"
