@@ -562,7 +562,7 @@ def cmd_queues_list(s: Session) -> int:
     paused = app.store.paused_queues()
     declared = {q.name: q for q in app.queues}
     names = list(declared) + sorted((set(counts) | paused) - set(declared))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in names:
         queue = declared.get(name)
         if queue is not None:
@@ -617,7 +617,7 @@ def cmd_cron_list(s: Session) -> int:
     if plugin is None:
         raise CLIError("this app has no Cron plugin (add minijobs.plugins.Cron, or a [plugins.cron] table)")
     now = datetime.fromtimestamp(app.clock.now(), UTC)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for entry in plugin.schedules():
         fires = [_iso(t) for t in plugin.next_fire_times(entry, after=now, count=s.args.count)]
         rows.append({

@@ -29,6 +29,8 @@ from .job import Job, JobState
 if TYPE_CHECKING:
     from .app import App, JobFunction
 
+_DateTime = datetime  # FakeClock has a method named datetime, which shadows the type inside the class
+
 __all__ = ("FakeClock", "assert_enqueued", "assert_not_enqueued", "eager", "enqueued")
 
 
@@ -62,7 +64,7 @@ class FakeClock:
             listener()
         return self._now
 
-    def set(self, when: datetime | float) -> float:
+    def set(self, when: _DateTime | float) -> float:
         """Jump to ``when`` (not earlier than now) and notify listeners."""
         return self.advance(_to_timestamp(when) - self._now)
 

@@ -77,7 +77,7 @@ def env() -> dict[str, str]:
 def mj(cwd: Path, *args: str, rc: int = 0, app: str | None = "tasks:app") -> subprocess.CompletedProcess[str]:
     """Run ``python -m minijobs [--app tasks:app] ARGS`` in ``cwd`` and check its exit status."""
     argv = [sys.executable, "-m", "minijobs", *(["--app", app] if app else []), *args]
-    proc = subprocess.run(argv, cwd=cwd, env=env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(argv, cwd=cwd, env=env(), capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == rc, f"{args}: rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
 
@@ -330,6 +330,23 @@ def test_apply_config_plugins_replace_add_and_disable(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="unknown plugin"):
         cli.apply_config(app, cli.Config(plugins={"nope": {}}))
     app.close()
+
+
+def test_progress_is_shown_only_on_a_terminal() -> None:
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Terminal(), io.StringIO()
+    for stream in (tty, pipe):
+        progress = cli.TTYProgress(stream, "pruned jobs")
+        progress.update(500)
+        progress.update(1000, 1200)
+        progress.close()
+    assert tty.getvalue() == "\rpruned jobs: 500\rpruned jobs: 1000/1200\n"
+    assert pipe.getvalue() == ""
 
 
 def test_parse_duration() -> None:

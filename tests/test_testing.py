@@ -74,7 +74,9 @@ def test_fake_clock_moves_only_when_told() -> None:
 def test_fake_clock_listeners_are_called_and_removable() -> None:
     clock = FakeClock(start=START)
     seen: list[float] = []
-    listener = lambda: seen.append(clock.now())  # noqa: E731
+    def listener() -> None:
+        seen.append(clock.now())
+
     clock.add_listener(listener)
     clock.advance(1)
     clock.remove_listener(listener)
@@ -240,9 +242,8 @@ def test_eager_keeps_the_json_round_trip_of_production(app: minijobs.App) -> Non
 
 def test_eager_raises_on_failure_and_keeps_the_failed_row(app: minijobs.App) -> None:
     _, fail, *_ = register(app)
-    with eager(app):
-        with pytest.raises(JobFailedError, match="bad input") as info:
-            fail.options(max_attempts=1).enqueue("bad input")
+    with eager(app), pytest.raises(JobFailedError, match="bad input") as info:
+        fail.options(max_attempts=1).enqueue("bad input")
     failed = app.get(info.value.job_id)
     assert failed.state is JobState.FAILED
     assert failed.errors[0].type == "RuntimeError"
