@@ -23,6 +23,7 @@ Events (``event`` column):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
@@ -340,7 +341,7 @@ def check(
         if top > row.attempts:
             problems.append(f"job {job_id}: an execution saw attempt {top} but the row counts {row.attempts}")
         seen: dict[int, Execution] = {}
-        for earlier, later in zip(runs, runs[1:], strict=False):
+        for earlier, later in itertools.pairwise(runs):
             explained = earlier.outcome in ("error", "cancelled") or history.faulted(earlier.pid)
             if not explained:
                 problems.append(

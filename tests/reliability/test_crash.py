@@ -17,7 +17,7 @@ from minijobs import App
 
 from . import ledger
 from .harness import Fleet, wait_until
-from .jobs import ATASK, TASK, build_app
+from .jobs import ATASK, build_app
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def test_sigkill_with_50_running_jobs_recovers_all(fleet: Fleet, app: App) -> No
         row = report.rows[job_id]
         assert (row.attempts, row.rescues) == (2, 1), row
         runs = report.executions(job_id)
-        assert [r.pid for r in runs][0] == victim.pid and len(runs) == 2
+        assert runs[0].pid == victim.pid and len(runs) == 2
 
 
 def no_orphans(app: App) -> None:
@@ -116,7 +116,7 @@ def test_sigkill_inside_the_completion_write(fleet: Fleet, app: App, tmp_path: A
     assert rerun, "jobs whose outcome write was cut must run again"
     for job_id in rerun:
         assert report.rows[job_id].rescues == 1
-        assert [r.pid for r in report.executions(job_id)][0] == victim.pid
+        assert report.executions(job_id)[0].pid == victim.pid
 
 
 def test_sigstop_past_the_lease_then_sigcont_refuses_the_stale_completion(fleet: Fleet, app: App) -> None:
