@@ -26,7 +26,7 @@ from .errors import (
     WaitTimeoutError,
 )
 from .events import Event, EventHub
-from .executors import AsyncExecutor, Executor
+from .executors import AsyncExecutor, ConcurrentExecutor, Executor, ThreadExecutor
 from .job import AttemptError, Job, JobState, Progress
 from .plugin import Plugin, PluginScope
 from .queue import Queue
@@ -42,6 +42,7 @@ __all__ = (
     "BoundJob",
     "Cancelled",
     "Clock",
+    "ConcurrentExecutor",
     "ConfigurationError",
     "CorruptDatabaseError",
     "CronError",
@@ -72,6 +73,7 @@ __all__ = (
     "StorageFullError",
     "StoreError",
     "SystemClock",
+    "ThreadExecutor",
     "UnknownJobError",
     "WaitTimeoutError",
     "Worker",

@@ -161,7 +161,12 @@ class Worker:
         text = payload.encode(
             {"done": progress.done, "total": progress.total, "message": progress.message}, what="progress"
         )
-        self.call_soon(self._note_progress, job_id, progress, text)
+        if self.in_loop_thread():
+            # Noted now, not later: an executor that reports progress then completion from the
+            # loop thread (process pipes, batched thread hops) must not see the progress dropped.
+            self._note_progress(job_id, progress, text)
+        else:
+            self.call_soon(self._note_progress, job_id, progress, text)
 
     # -- loop-thread internals ----------------------------------------------
 

@@ -1,6 +1,8 @@
-"""Executors run claimed jobs; each queue picks one."""
+"""Executors run claimed jobs; each queue picks one (see docs/executors.md)."""
 
 from .aio import AsyncExecutor
 from .base import Executor
+from .concurrent import ConcurrentExecutor
+from .thread import ThreadExecutor
 
-__all__ = ("AsyncExecutor", "Executor")
+__all__ = ("AsyncExecutor", "ConcurrentExecutor", "Executor", "ThreadExecutor")
