@@ -31,7 +31,7 @@ def app(fleet: Fleet) -> Iterator[App]:
 def test_four_processes_with_threads_claim_20k_jobs_each_started_once(fleet: Fleet, app: App) -> None:
     total, batch = 20_000, 500
     app.open()
-    workers = [fleet.worker("--queue", "default:8:async", "--lease-s", "30") for _ in range(4)]
+    workers = [fleet.worker("--queue", "default:8:thread", "--lease-s", "30") for _ in range(4)]
     task = app.registry[TASK]
     for _ in range(total // batch):
         # Enqueued while the workers claim: the enqueuer contends for the write lock too.

@@ -17,11 +17,13 @@ from minijobs import App
 
 from . import ledger
 from .harness import Fleet, wait_until
-from .jobs import ATASK, build_app
+from .jobs import ATASK, TASK, build_app
 
 pytestmark = pytest.mark.slow
 
 LEASE = "0.5"
+#: The body each executor kind runs: ``async def`` on the AsyncExecutor, plain ``def`` on threads.
+BODY = {"async": ATASK, "thread": TASK}
 
 
 @pytest.fixture
@@ -57,14 +59,15 @@ def running_by(app: App, worker_id: str | None) -> int:
     return len([j for j in app.jobs(state="running", limit=10_000) if j.lease_owner == worker_id])
 
 
-def test_sigkill_with_50_running_jobs_recovers_all(fleet: Fleet, app: App) -> None:
-    ids = enqueue(fleet, app, {"hang": [1]}, 50)
-    victim = fleet.worker("--queue", "default:50", "--lease-s", LEASE)
+@pytest.mark.parametrize("kind", ["async", "thread"])
+def test_sigkill_with_50_running_jobs_recovers_all(fleet: Fleet, app: App, kind: str) -> None:
+    ids = enqueue(fleet, app, {"hang": [1]}, 50, fn=BODY[kind])
+    victim = fleet.worker("--queue", f"default:50:{kind}", "--lease-s", LEASE)
     wait_until(lambda: running_by(app, victim.worker_id) == 50, what="50 jobs running in the victim")
     wait_until(lambda: sum(len(ledger.read(fleet.ledger_dir).starts(i)) for i in ids) == 50, what="50 starts")
     assert victim.kill() == -signal.SIGKILL
 
-    fleet.worker("--queue", "default:50", "--lease-s", LEASE, "--recovery-interval-s", "0.1")
+    fleet.worker("--queue", f"default:50:{kind}", "--lease-s", LEASE, "--recovery-interval-s", "0.1")
     wait_until(lambda: settled(app, ids), what="all 50 jobs finished after recovery")
 
     report = ledger.check(fleet.db, fleet.ledger_dir)
@@ -153,12 +156,13 @@ def test_frozen_job_finishing_after_takeover_is_refused_by_the_fence(fleet: Flee
     assert [(r.pid, r.outcome) for r in runs] == [(frozen.pid, "ok"), (rescuer.pid, "ok")]
 
 
-def test_worker_frozen_past_its_lease_reclaims_its_own_job_once(fleet: Fleet, app: App) -> None:
+@pytest.mark.parametrize("kind", ["async", "thread"])
+def test_worker_frozen_past_its_lease_reclaims_its_own_job_once(fleet: Fleet, app: App, kind: str) -> None:
     # Recovery happens while the worker is frozen; on waking up the worker finds the job
     # due again and claims it while its own stale attempt is still running locally.
-    (job_id,) = enqueue(fleet, app, {"sleep_s": 1.5, "sleep_on": [1]}, 1)
-    (other,) = enqueue(fleet, app, {"sleep_s": 3.0}, 1)  # keeps the worker busy (and renewing)
-    frozen = fleet.worker("--queue", "default:4", "--lease-s", LEASE)
+    (job_id,) = enqueue(fleet, app, {"sleep_s": 1.5, "sleep_on": [1]}, 1, fn=BODY[kind])
+    (other,) = enqueue(fleet, app, {"sleep_s": 3.0}, 1, fn=BODY[kind])  # keeps the worker busy (and renewing)
+    frozen = fleet.worker("--queue", f"default:4:{kind}", "--lease-s", LEASE)
     wait_until(lambda: len(ledger.read(fleet.ledger_dir).executions) == 2, what="both jobs started")
     frozen.signal(signal.SIGSTOP)
     wait_until(lambda: job_id in app.store.recover_expired(now=time.time(), max_rescues=5)[0],

@@ -35,9 +35,10 @@ def rows(app: App, ids: list[int]) -> list[tuple[str, int, str]]:
     return [(j.state.value, j.attempts, str(len(j.errors))) for j in (app.get(i) for i in ids)]
 
 
-def test_sigterm_finishes_short_jobs_and_releases_long_ones(fleet: Fleet, app: App) -> None:
+@pytest.mark.parametrize("kind", ["async", "thread"])
+def test_sigterm_finishes_short_jobs_and_releases_long_ones(fleet: Fleet, app: App, kind: str) -> None:
     grace = 1.0
-    victim = fleet.worker("--queue", "default:20", "--grace-s", str(grace))
+    victim = fleet.worker("--queue", f"default:20:{kind}", "--grace-s", str(grace))
     short = enqueue(fleet, app, ATASK, {"sleep_s": 0.3}, 5) + enqueue(fleet, app, TASK, {"sleep_s": 0.3}, 5)
     long = (enqueue(fleet, app, ATASK, {"sleep_s": 60, "in_pid": victim.pid}, 5)
             + enqueue(fleet, app, TASK, {"sleep_s": 60, "in_pid": victim.pid}, 5))
@@ -57,8 +58,9 @@ def test_sigterm_finishes_short_jobs_and_releases_long_ones(fleet: Fleet, app: A
     assert all(report.rows[i].attempts == 1 for i in long)
 
 
-def test_second_sigterm_stops_at_once(fleet: Fleet, app: App) -> None:
-    victim = fleet.worker("--queue", "default:20", "--grace-s", "60", "--log-level", "INFO")
+@pytest.mark.parametrize("kind", ["async", "thread"])
+def test_second_sigterm_stops_at_once(fleet: Fleet, app: App, kind: str) -> None:
+    victim = fleet.worker("--queue", f"default:20:{kind}", "--grace-s", "60", "--log-level", "INFO")
     long = (enqueue(fleet, app, ATASK, {"sleep_s": 60, "in_pid": victim.pid}, 5)
             + enqueue(fleet, app, TASK, {"sleep_s": 60, "in_pid": victim.pid}, 5))
     wait_until(lambda: app.store.count_by_state()["running"] == 10, what="10 jobs running")
