@@ -7,7 +7,8 @@ once or wait for a gate file: the scenario decides at enqueue time.  Plan keys:
 ``sleep_s`` (with ``sleep_on``: attempts), ``gate`` (a path to wait for) and
 ``end_before_gate`` (record ``end`` before waiting, for disk-full scenarios) and
 ``stubborn_s`` (a sync body sleeps without looking at cancellation),
-``in_pid`` (the plan applies only in that process; elsewhere the job just returns).  Every
+``in_pid`` (the plan applies only in that process or its pool children; elsewhere the
+job just returns).  Every
 execution writes ``start`` and ``end`` to the process's ledger and returns
 ``{"pid", "attempt"}`` so the checker can tell which execution's result the
 database accepted.
@@ -62,7 +63,7 @@ def task(plan: dict[str, Any]) -> dict[str, Any]:
     """Synchronous body (runs in a thread or a process-pool child)."""
     ctx = current_job()
     job_id, attempt = ctx.id, ctx.attempt
-    if plan.get("in_pid") not in (None, os.getpid()):
+    if plan.get("in_pid") not in (None, os.getpid(), os.getppid()):
         plan = {}
     ledger = process_ledger()
     token = ledger.start(job_id, attempt)
@@ -102,7 +103,7 @@ async def atask(plan: dict[str, Any]) -> dict[str, Any]:
     """Asynchronous body (runs as a task of the worker's loop; cancellation is hard)."""
     ctx = current_job()
     job_id, attempt = ctx.id, ctx.attempt
-    if plan.get("in_pid") not in (None, os.getpid()):
+    if plan.get("in_pid") not in (None, os.getpid(), os.getppid()):
         plan = {}
     ledger = process_ledger()
     token = ledger.start(job_id, attempt)

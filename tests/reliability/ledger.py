@@ -17,6 +17,8 @@ Events (``event`` column):
   signal name (``SIGKILL``, ``SIGSTOP``, ``SIGCONT``, ``SIGTERM``, ``SIGINT``) or ``crash``
   for a job that killed its own process.
 * ``exit``   – the harness reaped process ``pid`` (``info`` is the return code).
+* ``proc``   – first event of every file: ``info`` is the parent pid, so a fault of a
+  worker also explains what its process-pool children did.
 
 :func:`check` reads every file and asserts the invariants listed in its docstring.
 """
@@ -77,6 +79,9 @@ class Ledger:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(_SCHEMA)
+            # Who started this process: a fault of a worker also covers its process-pool children.
+            conn.execute("INSERT INTO events (pid, event, t, info) VALUES (?, 'proc', ?, ?)",
+                         (pid, time.monotonic(), str(os.getppid())))
             self._conn, self._pid = conn, pid
         return self._conn
 
@@ -169,18 +174,23 @@ class History:
     #: pid -> [(time, what)] for fault and exit events
     faults: dict[int, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
     exits: dict[int, float] = field(default_factory=dict)
+    #: pid -> parent pid, for every process that wrote a ledger
+    parents: dict[int, int] = field(default_factory=dict)
 
     def starts(self, job_id: int) -> list[Execution]:
         return sorted(self.executions.get(job_id, []), key=lambda e: e.start)
 
     def faulted(self, pid: int) -> bool:
-        return bool(self.faults.get(pid))
+        """True if ``pid`` or its parent (a worker, for a process-pool child) was hurt."""
+        return bool(self.faults.get(pid)) or bool(self.faults.get(self.parents.get(pid, -1)))
 
     def death(self, pid: int) -> float | None:
         """When ``pid`` stopped running job code for good (killed, crashed or reaped), if known."""
         times = [t for t, what in self.faults.get(pid, []) if what in _DEATHS]
         if pid in self.exits:
             times.append(self.exits[pid])
+        if not times and pid in self.parents:
+            return self.death(self.parents[pid])  # a pool child ends with its worker at the latest
         return min(times) if times else None
 
     def stopped_between(self, pid: int, lo: float, hi: float) -> bool:
@@ -215,6 +225,8 @@ def read(directory: str | os.PathLike[str]) -> History:
                 history.faults[pid].append((t, info))
             elif event == "exit":
                 history.exits[pid] = t
+            elif event == "proc":
+                history.parents[pid] = int(info)
             else:
                 raise AssertionError(f"unknown ledger event {event!r} in {path.name}")
     for token, t, info in ends:
