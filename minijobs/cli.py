@@ -43,7 +43,12 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "minijobs.toml"
 
 #: Executor names accepted in ``[queues.<name>] executor = ...``: attributes of ``minijobs.executors`` only.
-EXECUTOR_NAMES = {"async": "AsyncExecutor", "thread": "ThreadExecutor", "process": "ProcessExecutor"}
+EXECUTOR_NAMES = {
+    "async": "AsyncExecutor",
+    "thread": "ThreadExecutor",
+    "process": "ProcessExecutor",
+    "interpreter": "InterpreterExecutor",  # Python 3.14+ only
+}
 
 _TOP_KEYS = {"app", "worker", "queues", "plugins"}
 _WORKER_KEYS = {"queues", "concurrency", "lease_s", "grace_s", "poll_interval_s"}
