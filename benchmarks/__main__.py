@@ -103,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine_info()
     progress("minijobs benchmarks: Python %s, SQLite %s, %s CPUs, commit %s; groups %s, %d run(s) each",
              info["python"], info["sqlite"], info["cpus"], info["commit"] or "?", ",".join(groups), settings.repeat)
+    if info["load_average"] and info["load_average"][0] > 0.5:
+        progress("warning: load average %s before starting; other processes will lower the figures",
+                 info["load_average"])
     results: list[Result] = []
     failed = False
     t0 = time.monotonic()
@@ -116,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress("%s FAILED: %s: %s", group, type(exc).__name__, exc)
                 logging.getLogger("benchmarks").exception("benchmark group %s crashed", group)
                 results.append(Result(group, "(crashed)", "", note=f"{type(exc).__name__}: {exc}"))
-    progress("done in %.0f s", time.monotonic() - t0)
+    progress("done in %.0f s (load average now %s)", time.monotonic() - t0, machine_info()["load_average"])
     print(format_markdown(results) if args.markdown else format_table(results))
     if args.json:
         write_json(args.json, results, {k: getattr(settings, k) for k in settings.__slots__} | {"groups": groups})

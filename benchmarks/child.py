@@ -54,7 +54,7 @@ def scale_drain(args: argparse.Namespace) -> dict[str, object]:
 
 
 def idle(args: argparse.Namespace) -> dict[str, object]:
-    app = jobs.build_app(args.db)
+    app = jobs.build_app(args.db, plugins=[] if args.no_plugins else None)
     windows: list[float] = []
     try:
         with app.running():
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", required=True)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--windows", type=int, default=1)
+    p.add_argument("--no-plugins", action="store_true", help="App(plugins=[]) instead of the default plugins")
     args = parser.parse_args(argv)
     command = {"enqueue-stamps": enqueue_stamps, "scale-drain": scale_drain, "idle": idle}[args.command]
     print(json.dumps(command(args)), flush=True)

@@ -144,7 +144,12 @@ def machine_info() -> dict[str, Any]:
             commit += "+dirty"
     except OSError:
         pass
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = []
     return {
+        "load_average": load,
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "platform": platform.platform(),
@@ -180,7 +185,7 @@ def _fmt_target(result: Result) -> str:
 
 
 def format_table(results: Sequence[Result]) -> str:
-    rows = [("benchmark", "figure", "median", "target", "")]
+    rows = [("benchmark", "figure", "value", "target", "")]
     for r in results:
         mark = {True: "PASS", False: "FAIL", None: ""}[r.ok]
         value = _fmt(r.value, r.unit) if r.value is not None else "skipped"
@@ -200,7 +205,7 @@ def format_table(results: Sequence[Result]) -> str:
 
 
 def format_markdown(results: Sequence[Result]) -> str:
-    lines = ["| benchmark | figure | median | target | |", "|---|---|---:|---|---|"]
+    lines = ["| benchmark | figure | value | target | |", "|---|---|---:|---|---|"]
     for r in results:
         mark = {True: "pass", False: "**FAIL**", None: ""}[r.ok]
         value = _fmt(r.value, r.unit) if r.value is not None else f"skipped: {r.note}"
