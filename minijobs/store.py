@@ -625,13 +625,22 @@ class SQLiteStore:
              o.job_id, o.owner, o.attempt)
             for o in outcomes
         ]
+        # Plain ends (no error, no retry time, no progress: most successes) take a statement
+        # that leaves errors, scheduled_at and progress alone, ~2 us cheaper per row.
+        simple = [(p[0], p[1], p[5], p[7], p[8], p[9]) for p in params if p[2] is None and p[4] is None and p[6] is None]
+        general = params if not simple else [p for p in params if not (p[2] is None and p[4] is None and p[6] is None)]
         with self._write("finish jobs") as conn:
             if len(params) == 1:
+                if simple:
+                    return [conn.execute(_FINISH_PLAIN, simple[0]).rowcount == 1]
                 return [conn.execute(_FINISH, params[0]).rowcount == 1]
-            # One executemany for the batch; if the fence refused any row, undo it and
-            # write row by row to learn which (rare: a lease lost to another worker).
+            # One executemany per statement for the batch; if the fence refused any row, undo
+            # and write row by row to learn which (rare: a lease lost to another worker).
             conn.execute("SAVEPOINT minijobs_finish")
-            if conn.executemany(_FINISH, params).rowcount == len(params):
+            changed = conn.executemany(_FINISH_PLAIN, simple).rowcount if simple else 0
+            if general:
+                changed += conn.executemany(_FINISH, general).rowcount
+            if changed == len(params):
                 conn.execute("RELEASE minijobs_finish")
                 return [True] * len(params)
             conn.execute("ROLLBACK TO minijobs_finish")
@@ -1067,6 +1076,12 @@ WHERE id IN (
     LIMIT :limit
 )
 RETURNING {_JOB_COLUMNS}
+"""
+
+_FINISH_PLAIN = """
+UPDATE minijobs_jobs
+SET state=?, result=?, completed_at=?, lease_owner=NULL, lease_expires_at=NULL
+WHERE id=? AND lease_owner=? AND attempts=? AND state='running'
 """
 
 _FINISH = """

@@ -232,3 +232,36 @@ def test_enqueue_many_batched_payloads_keep_the_typed_errors(tmp_path: Path) -> 
     assert sum(app.store.count_by_state().values()) == 0
     assert len(app.enqueue_many([*plain, f.prepare("é" * 30), *plain])) == 101
     app.close()
+
+
+def test_finish_batch_mixing_plain_and_general_outcomes(tmp_path: Path) -> None:
+    clock = FakeClock()
+    app = minijobs.App(tmp_path / "jobs.sqlite3", clock=clock)
+
+    @app.job(max_attempts=3)
+    async def f(n: int) -> int:
+        return n
+
+    refs = [f.enqueue(i) for i in range(4)]
+    claimed = app.store.claim("default", 4, owner="A", now=clock.now(), lease_s=10)
+    error = '{"attempt":1,"type":"E","message":"boom","traceback":"","at":0}'
+    S = minijobs.JobState
+    outcomes = [
+        Outcome(job_id=claimed[0].id, owner="A", attempt=1, state=S.SUCCEEDED, completed_at=clock.now(), result="7"),
+        Outcome(job_id=claimed[1].id, owner="A", attempt=1, state=S.RETRYING, completed_at=None, error=error,
+                scheduled_at=clock.now() + 60),
+        Outcome(job_id=claimed[2].id, owner="A", attempt=1, state=S.SUCCEEDED, completed_at=clock.now(),
+                progress='{"done":1,"total":2,"message":null}'),
+        Outcome(job_id=claimed[3].id, owner="A", attempt=1, state=S.FAILED, completed_at=clock.now(), error=error),
+    ]
+    for batch in (outcomes, list(reversed(outcomes))):  # the second time every write is refused
+        accepted = app.store.finish(batch)
+        assert accepted == ([True] * 4 if batch is outcomes else [False] * 4)
+    jobs = [app.get(r.id) for r in refs]
+    assert [j.state for j in jobs] == [S.SUCCEEDED, S.RETRYING, S.SUCCEEDED, S.FAILED]
+    assert jobs[0].result == 7 and jobs[0].errors == ()
+    assert jobs[1].scheduled_at.timestamp() == clock.now() + 60 and jobs[1].errors[0].message == "boom"
+    assert jobs[1].completed_at is None
+    assert jobs[2].progress is not None and jobs[2].progress.total == 2
+    assert jobs[3].errors[0].message == "boom" and jobs[3].completed_at is not None
+    app.close()
