@@ -306,7 +306,31 @@ class Bench:
                                       target=T_SCALE_MEMORY, note="memory flat: at most 20% above the smallest"))
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
+            results.append(self._scale_delayed(label, size, base_rate))
         return results
+
+    def _scale_delayed(self, label: str, size: int, base_rate: float | None) -> Result:
+        """Drain rate of due jobs queued behind ``size`` jobs scheduled an hour ahead (retries, delays)."""
+        s = self.s
+        sample = min(s.scale_sample, size)
+        path = self.db(f"scale-delayed-{label}")
+        with _closing(jobs.build_app(path)) as app:
+            app.open()
+        _insert_backlog(path, pending=0, finished=0, delayed=size)
+        result = Result("scale", f"drain rate, {label} delayed jobs ahead", "jobs/s",
+                        note=f"{sample:,} due jobs with higher ids than {size:,} jobs scheduled an hour ahead")
+        for rep in range(s.repeat):
+            _top_up(path, sample)
+            data = run_child(["scale-drain", "--db", str(path), "--count", str(sample)], timeout_s=600)
+            result.samples.append(data["rate"])
+            self.progress("scale %s delayed ahead, run %d/%d: %s jobs/s", label, rep + 1, s.repeat,
+                          f"{data['rate']:,.0f}")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        _finish(result)
+        if base_rate and result.value is not None:
+            result.note += f"; {result.value / base_rate:.2f}x the rate with only due jobs"
+        return result
 
     # -- idle ------------------------------------------------------------------
 
@@ -314,15 +338,20 @@ class Bench:
         """CPU of an idle worker in a subprocess: with the default plugins (the target) and without any."""
         s = self.s
         out: list[Result] = []
-        for no_plugins in (False, True):
+        delayed = 10_000 if s.quick else 100_000
+        for no_plugins, backlog in ((False, 0), (True, 0), (False, delayed)):
             label = "no plugins" if no_plugins else "default plugins"
+            if backlog:
+                label += f", {backlog:,} jobs scheduled an hour ahead"
             result = Result("idle", f"worker CPU over {s.idle_s:g} s, {label}", "%",
-                            target=None if no_plugins else T_IDLE,
+                            target=T_IDLE if label == "default plugins" else None,
                             note=f"idle worker in a subprocess, App(plugins={'[]' if no_plugins else 'None'}); "
                                  "% of one core")
             path = self.db("idle")
             with _closing(jobs.build_app(path)) as app:
                 app.open()
+            if backlog:
+                _insert_backlog(path, pending=0, finished=0, delayed=backlog)
             windows = max(1, s.repeat)
             args = ["idle", "--db", str(path), "--seconds", str(s.idle_s), "--windows", str(windows)]
             data = run_child(args + (["--no-plugins"] if no_plugins else []), timeout_s=s.idle_s + 60)
@@ -485,22 +514,25 @@ _BACKLOG_SQL = """
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count)
 INSERT INTO minijobs_jobs (name, queue, payload, state, priority, attempts, max_attempts, scheduled_at, created_at,
                            started_at, completed_at)
-SELECT :name, 'default', '{"args":[' || i || '],"kwargs":{}}', :state, 0, :attempts, 1, :now, :now,
+SELECT :name, 'default', '{"args":[' || i || '],"kwargs":{}}', :state, 0, :attempts, 1, :due, :now,
        CASE WHEN :state = 'succeeded' THEN :now END, CASE WHEN :state = 'succeeded' THEN :now END
 FROM n
 """
 
 
-def _insert_backlog(path: Path, *, pending: int, finished: int) -> None:
-    """Raw SQL set-up: ``finished`` succeeded rows (history) then ``pending`` runnable no-op jobs."""
+def _insert_backlog(path: Path, *, pending: int, finished: int, delayed: int = 0) -> None:
+    """Raw SQL set-up: ``finished`` succeeded rows (history), ``delayed`` jobs due in an hour, then
+    ``pending`` runnable no-op jobs (so delayed jobs sit ahead of the due ones in id order)."""
     now = time.time()
     conn = _connect(path)
     try:
-        for count, state, attempts in ((finished, "succeeded", 1), (pending, "pending", 0)):
+        for count, state, attempts, due in (
+            (finished, "succeeded", 1, now), (delayed, "pending", 0, now + 3600), (pending, "pending", 0, now)
+        ):
             if count:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(_BACKLOG_SQL, {"count": count, "name": jobs.NOOP, "state": state,
-                                            "attempts": attempts, "now": now})
+                                            "attempts": attempts, "now": now, "due": due})
                 conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -511,7 +543,8 @@ def _top_up(path: Path, size: int) -> None:
     conn = _connect(path)
     try:
         (pending,) = conn.execute(
-            "SELECT count(*) FROM minijobs_jobs WHERE state IN ('pending', 'retrying')").fetchone()
+            "SELECT count(*) FROM minijobs_jobs WHERE state IN ('pending', 'retrying') AND scheduled_at <= ?",
+            (time.time(),)).fetchone()
     finally:
         conn.close()
     if pending < size:
