@@ -18,6 +18,8 @@ from .errors import (
     MinijobsError,
     PayloadTypeError,
     PayloadValueError,
+    ProcessDiedError,
+    RemoteJobError,
     Retry,
     SchemaVersionError,
     StorageFullError,
@@ -26,7 +28,7 @@ from .errors import (
     WaitTimeoutError,
 )
 from .events import Event, EventHub
-from .executors import AsyncExecutor, ConcurrentExecutor, Executor, ThreadExecutor
+from .executors import AsyncExecutor, ConcurrentExecutor, Executor, ProcessExecutor, ThreadExecutor
 from .job import AttemptError, Job, JobState, Progress
 from .plugin import Plugin, PluginScope
 from .queue import Queue
@@ -34,7 +36,7 @@ from .worker import Worker
 
 __version__ = "0.1.0"
 
-__all__ = (
+__all__: tuple[str, ...] = (
     "App",
     "AsyncExecutor",
     "AttemptError",
@@ -66,8 +68,11 @@ __all__ = (
     "PayloadValueError",
     "Plugin",
     "PluginScope",
+    "ProcessDiedError",
+    "ProcessExecutor",
     "Progress",
     "Queue",
+    "RemoteJobError",
     "Retry",
     "SchemaVersionError",
     "StorageFullError",
@@ -80,3 +85,10 @@ __all__ = (
     "__version__",
     "current_job",
 )
+
+try:  # Python 3.14+ only (concurrent.futures.InterpreterPoolExecutor)
+    from .executors import InterpreterExecutor  # noqa: F401
+except ImportError:
+    pass
+else:
+    __all__ = (*__all__, "InterpreterExecutor")

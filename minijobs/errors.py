@@ -109,3 +109,24 @@ class JobReleased(MinijobsError):
 
 class LeaseLostError(MinijobsError):
     """The worker lost the job's lease to another worker; this attempt's outcome is discarded."""
+
+
+class ProcessDiedError(MinijobsError):
+    """The child process running a job died before reporting (killed, ``os._exit``, crash).
+
+    Only that job's attempt fails (and is retried if attempts remain); the
+    process executor starts a new child and its other jobs go on.
+    """
+
+
+class RemoteJobError(MinijobsError):
+    """An exception a job raised in a child process, re-created in the worker.
+
+    The class the worker sees is a subclass named after the original type
+    (``__module__`` and ``__qualname__`` are the child's), so error records
+    show ``myapp.errors.QuotaError``; ``remote_type`` holds that dotted name and
+    ``__cause__`` carries the child's traceback.  Builtin exceptions and
+    minijobs' own (``Retry``, ``Cancelled``...) are re-created as themselves.
+    """
+
+    remote_type: str = ""

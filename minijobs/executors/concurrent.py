@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 class Call:
     """One attempt handed to the pool: the job, its context and what is needed to stop it early."""
 
-    __slots__ = ("job", "ctx", "timer", "abandoned", "interrupt")
+    __slots__ = ("abandoned", "ctx", "interrupt", "job", "timer")
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -113,7 +113,7 @@ class ConcurrentExecutor(Executor):
             )
         try:
             self.submit(call)
-        except Exception as exc:  # unknown job, pool shut down...: this attempt fails, the worker goes on
+        except Exception as exc:  # noqa: BLE001 - unknown job, pool shut down...: this attempt fails, the worker goes on
             self._settle(call, exc, None)
 
     def watch(self, call: Call, future: concurrent.futures.Future[Any]) -> None:
