@@ -41,9 +41,13 @@ from minijobs.testing import FakeClock
 from .jobs import ATASK, TASK, build_app
 from .ledger import process_ledger
 
-# Fragments of the store's claim and finish statements (trace callbacks see expanded SQL, so no '?').
-_CLAIM_MARK = "SET state='running', attempts=attempts+1"
-_FINISH_MARK = "errors=CASE WHEN"
+# How the store's claim and outcome statements look (trace callbacks see expanded SQL, so no '?').
+def _is_claim(sql: str) -> bool:
+    return "SET state='running', attempts=attempts+1" in sql
+
+
+def _is_finish(sql: str) -> bool:
+    return sql.lstrip().startswith("UPDATE minijobs_jobs") and "SET state=" in sql and ", result=" in sql
 
 
 def _parse_queue(spec: str) -> Queue:
@@ -113,11 +117,11 @@ def _install_death(store: Any, where: str, ticks: int) -> None:
     mid-transaction with pages dirty.  Counting steps (not statements) skips
     claims that found nothing to do.
     """
-    mark = _CLAIM_MARK if where == "claim" else _FINISH_MARK
+    matches = _is_claim if where == "claim" else _is_finish
     state = {"in_mark": False, "ticks": 0}
 
     def trace(statement: str) -> None:
-        in_mark = mark in statement
+        in_mark = matches(statement)
         if where == "claim" or not in_mark:
             # Claims count per statement; outcome writes count over their transaction's run of UPDATEs.
             state["ticks"] = 0
