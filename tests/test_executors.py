@@ -251,7 +251,7 @@ def test_thread_timeout_cancels_the_task_of_an_async_job(harness_factory: Callab
 
 
 def test_thread_executor_defaults_and_exports() -> None:
-    assert minijobs.ThreadExecutor.get_default_concurrency() == min(32, (os.cpu_count() or 1) + 4)
+    assert minijobs.ThreadExecutor.get_default_concurrency() == 32
     assert issubclass(minijobs.ThreadExecutor, minijobs.ConcurrentExecutor)
     for name in ("ThreadExecutor", "ProcessExecutor", "ConcurrentExecutor", "ProcessDiedError", "RemoteJobError"):
         assert name in minijobs.__all__

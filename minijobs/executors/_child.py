@@ -28,6 +28,10 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .. import payload
+from ..context import JobContext, reset_current, set_current
+from ..job import Job, JobState, Progress
+
 #: How often the child checks that its parent is still alive.
 PARENT_CHECK_S = 0.5
 
@@ -87,10 +91,6 @@ def execute(
     max_result_bytes: int,
 ) -> list[Any]:
     """Run one job described by ``spec``; progress goes through ``send``; returns the closing message."""
-    from .. import payload
-    from ..context import JobContext, reset_current, set_current
-    from ..job import Job, JobState, Progress
-
     job_id = spec["id"]
 
     def on_progress(_: int, progress: Progress) -> None:

@@ -19,7 +19,6 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
-import os
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -45,8 +44,10 @@ class ThreadExecutor(ConcurrentExecutor):
 
     @classmethod
     def get_default_concurrency(cls) -> int:
-        # The same default as ThreadPoolExecutor: enough threads to overlap I/O, bounded on big hosts.
-        return min(32, (os.cpu_count() or 1) + 4)
+        # Threads suit jobs that mostly wait, so the default is not tied to the CPU count; the pool
+        # only starts a thread when no idle one is left.  Fewer slots also mean smaller claim and
+        # finish batches: at 6 slots a no-op drain runs ~7k jobs/s, at 32 ~18k (benchmarks/).
+        return 32
 
     def create_pool(self) -> concurrent.futures.Executor:
         return concurrent.futures.ThreadPoolExecutor(
