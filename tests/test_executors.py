@@ -396,6 +396,34 @@ def test_process_shutdown_releases_running_jobs_and_ends_children(harness_factor
     assert not _alive(pid)
 
 
+def test_process_child_that_dies_at_start_fails_a_waiting_job_instead_of_spinning(
+    harness_factory: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "dies_on_import.py").write_text("import os\nos._exit(5)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawn hands the parent's sys.path to children
+    h = harness_factory("process", concurrency=1, preload=["dies_on_import"])
+    add = h.register(jobs.add, max_attempts=1)
+    with h.app.running() as worker:
+        job = wait(add.enqueue(1, 1))
+        executor = worker.executors["default"]
+        assert isinstance(executor, minijobs.ProcessExecutor)
+        started = executor.started_children
+    assert job.state is JobState.FAILED
+    assert job.errors[0].type == "minijobs.ProcessDiedError"
+    assert "exited with code 5 before it was ready" in job.errors[0].message
+    assert started <= 2  # restarts back off instead of looping
+
+
+def test_process_cancel_of_a_job_still_waiting_for_its_child(harness_factory: Callable[..., Harness]) -> None:
+    h = harness_factory("process", concurrency=1)
+    add = h.register(jobs.add)
+    # job.started is emitted as the job is pushed, before any child is up: cancel right there.
+    h.app.events.subscribe("job.started", lambda event: h.app.cancel(event.data["job"].id))
+    with h.app.running():
+        job = wait(add.enqueue(1, 2))
+    assert (job.state, job.result) == (JobState.CANCELLED, None)
+
+
 def test_process_executor_options_are_checked(db_path: Path) -> None:
     for options in ({"preload": "json"}, {"max_jobs_per_child": 0}, {"start_timeout_s": -1}, {"bogus": 1}):
         app = minijobs.App(db_path, plugins=[], queues=[
