@@ -116,7 +116,10 @@ def job_from_fields(values: tuple[Any, ...]) -> Job:
     4 us (one ``object.__setattr__`` call per field, plus keyword parsing);
     setting the slots directly costs half.  Callers pass every field.
     """
+    if len(values) != len(_FIELD_SETTERS):
+        # A programming error (a field added to Job but not to the caller), not a damaged row.
+        raise RuntimeError(f"job_from_fields got {len(values)} values for the {len(_FIELD_SETTERS)} fields of Job")
     job = object.__new__(Job)
-    for setter, value in zip(_FIELD_SETTERS, values, strict=True):
+    for setter, value in zip(_FIELD_SETTERS, values):
         setter(job, value)
     return job

@@ -829,6 +829,8 @@ def test_two_processes_racing_claim_each_job_once(db_path: Path, subprocess_env:
         store = SQLiteStore({str(db_path)!r})
         owner = "p%d" % os.getpid()
         got = []
+        print("ready", flush=True)
+        sys.stdin.readline()  # both processes start claiming together (3000 claims take only ~20 ms)
         while True:
             jobs = store.claim("default", 7, owner=owner, now=4e9, lease_s=60)
             if not jobs:
@@ -837,8 +839,15 @@ def test_two_processes_racing_claim_each_job_once(db_path: Path, subprocess_env:
         print(" ".join(map(str, got)))
         """
     )
-    procs = [subprocess.Popen([python, "-c", script], env=subprocess_env, stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([python, "-c", script], env=subprocess_env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     claimed = [[int(x) for x in out.split()] for out in outputs]

@@ -265,3 +265,24 @@ def test_finish_batch_mixing_plain_and_general_outcomes(tmp_path: Path) -> None:
     assert jobs[2].progress is not None and jobs[2].progress.total == 2
     assert jobs[3].errors[0].message == "boom" and jobs[3].completed_at is not None
     app.close()
+
+
+def test_job_rows_read_back_equal_to_the_dataclass_constructor(tmp_path: Path) -> None:
+    """The store builds Job by setting slots directly: the result must equal the normal constructor's."""
+    import dataclasses
+
+    from minijobs.job import job_from_fields
+
+    app = minijobs.App(tmp_path / "jobs.sqlite3")
+
+    @app.job(max_attempts=2, timeout_s=5)
+    async def f(n: int, *, tag: str) -> None:
+        return None
+
+    job = app.get(f.options(meta={"k": [1]}, unique_key="u", priority=3).enqueue(1, tag="x").id)
+    fields = {field.name: getattr(job, field.name) for field in dataclasses.fields(minijobs.Job)}
+    assert minijobs.Job(**fields) == job
+    assert job.replace(attempts=2).attempts == 2 and job.attempts == 0
+    with pytest.raises(RuntimeError, match="fields of Job"):
+        job_from_fields(tuple(fields.values())[:-1])
+    app.close()
