@@ -22,8 +22,8 @@ from .jobs import ATASK, TASK, build_app
 pytestmark = pytest.mark.slow
 
 LEASE = "0.5"
-#: The body each executor kind runs: ``async def`` on the AsyncExecutor, plain ``def`` on threads.
-BODY = {"async": ATASK, "thread": TASK}
+#: The body each executor kind runs: ``async def`` on the AsyncExecutor, plain ``def`` on threads and processes.
+BODY = {"async": ATASK, "thread": TASK, "process": TASK}
 
 
 @pytest.fixture
@@ -59,23 +59,36 @@ def running_by(app: App, worker_id: str | None) -> int:
     return len([j for j in app.jobs(state="running", limit=10_000) if j.lease_owner == worker_id])
 
 
-@pytest.mark.parametrize("kind", ["async", "thread"])
-def test_sigkill_with_50_running_jobs_recovers_all(fleet: Fleet, app: App, kind: str) -> None:
-    ids = enqueue(fleet, app, {"hang": [1]}, 50, fn=BODY[kind])
-    victim = fleet.worker("--queue", f"default:50:{kind}", "--lease-s", LEASE)
-    wait_until(lambda: running_by(app, victim.worker_id) == 50, what="50 jobs running in the victim")
-    wait_until(lambda: sum(len(ledger.read(fleet.ledger_dir).starts(i)) for i in ids) == 50, what="50 starts")
+@pytest.mark.parametrize(("kind", "n"), [("async", 50), ("thread", 50), ("process", 4)])
+def test_sigkill_with_50_running_jobs_recovers_all(fleet: Fleet, app: App, kind: str, n: int) -> None:
+    ids = enqueue(fleet, app, {"hang": [1]}, n, fn=BODY[kind])
+    victim = fleet.worker("--queue", f"default:{n}:{kind}", "--lease-s", LEASE)
+    wait_until(lambda: running_by(app, victim.worker_id) == n, what=f"{n} jobs running in the victim")
+    wait_until(lambda: sum(len(ledger.read(fleet.ledger_dir).starts(i)) for i in ids) == n, what=f"{n} starts")
     assert victim.kill() == -signal.SIGKILL
+    if kind == "process":
+        # Pool children watch their parent and must not outlive it (no orphans burning CPU).
+        children = {ledger.read(fleet.ledger_dir).starts(i)[0].pid for i in ids}
+        wait_until(lambda: not any(alive(pid) for pid in children), timeout_s=10, what="orphaned children to exit")
 
-    fleet.worker("--queue", f"default:50:{kind}", "--lease-s", LEASE, "--recovery-interval-s", "0.1")
-    wait_until(lambda: settled(app, ids), what="all 50 jobs finished after recovery")
+    fleet.worker("--queue", f"default:{n}:{kind}", "--lease-s", LEASE, "--recovery-interval-s", "0.1")
+    wait_until(lambda: settled(app, ids), what="all jobs finished after recovery")
 
     report = ledger.check(fleet.db, fleet.ledger_dir)
     for job_id in ids:
         row = report.rows[job_id]
         assert (row.attempts, row.rescues) == (2, 1), row
         runs = report.executions(job_id)
-        assert runs[0].pid == victim.pid and len(runs) == 2
+        assert len(runs) == 2 and (runs[0].pid == victim.pid or report.history.parents[runs[0].pid] == victim.pid)
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for a reaper counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def no_orphans(app: App) -> None:
@@ -108,7 +121,7 @@ def test_sigkill_inside_the_completion_write(fleet: Fleet, app: App, tmp_path: A
     victim = fleet.worker("--queue", "default:50", "--lease-s", LEASE, "--die-in", "finish", "--die-ticks", "60")
     wait_until(lambda: running_by(app, victim.worker_id) == 50, what="50 jobs running")
     gate.touch()
-    assert victim.wait() == -signal.SIGKILL
+    assert victim.wait(timeout_s=15) == -signal.SIGKILL, "the outcome write was never cut"
     no_orphans(app)
     assert states(app, ids).get("succeeded", 0) < 50, "the kill must have cut a completion batch"
 
