@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import PayloadTypeError, PayloadValueError
@@ -35,9 +35,13 @@ if _c_make_encoder is not None:
         return "".join(_c_encoder(value, 0))
 
 else:  # pragma: no cover - CPython always has the C accelerator
-    _encode = _encoder.encode
+
+    def _encode(value: Any) -> str:
+        return _encoder.encode(value)
+
+
 # The C scanner without ``json.loads``'s whitespace handling (stored payloads have none).
-_scan_once = json.decoder.JSONDecoder().scan_once
+_scan_once: Callable[[str, int], tuple[Any, int]] = getattr(json.decoder.JSONDecoder(), "scan_once")  # noqa: B009
 
 
 def encode(
@@ -186,7 +190,7 @@ def encode_calls(calls: Sequence[tuple[Sequence[Any], dict[str, Any]]], *, max_b
     the caller encodes call by call, which raises the precise errors.
     """
     plain = _PLAIN
-    values = []
+    values: list[dict[str, Any]] = []
     append = values.append
     for args, kwargs in calls:
         if type(kwargs) is not dict:

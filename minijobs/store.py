@@ -148,14 +148,14 @@ class PayloadRun(NamedTuple):
     """Jobs that share every column but the payload, with their payloads as one JSON array.
 
     Built by ``enqueue_many`` (see :func:`minijobs.payload.encode_calls`) and
-    inserted by one ``INSERT ... SELECT FROM json_each``; ``template``'s own
+    inserted by one ``INSERT ... SELECT FROM json_each``; ``size`` jobs; ``template``'s own
     payload is ignored, ``first``/``last`` are the first and last payloads (to
     check that ids follow the array order).
     """
 
     template: NewJob
     payloads: str
-    count: int
+    size: int
     first: str
     last: str
 
@@ -516,7 +516,7 @@ class SQLiteStore:
     ) -> list[tuple[int, bool]]:
         """Insert jobs in one transaction; return ``(id, created)`` per job, in order.
 
-        A :class:`PayloadRun` stands for ``count`` jobs.
+        A :class:`PayloadRun` stands for ``size`` jobs.
 
         A row whose ``unique_key`` already has a live job returns that job's id
         with ``created=False``; the partial unique index makes this hold across
@@ -533,7 +533,7 @@ class SQLiteStore:
                 if not guard(conn):
                     return []
                 return self._insert_rows(conn, rows)
-        if len(rows) == 1 and type(rows[0]) is NewJob and rows[0].unique_key is None:
+        if len(rows) == 1 and not isinstance(rows[0], PayloadRun) and rows[0].unique_key is None:
             # Autocommit single statement: the cheapest durable insert SQLite offers.
             with self._lock:
                 try:
@@ -545,8 +545,8 @@ class SQLiteStore:
             return self._insert_rows(conn, rows)
 
     def _insert_rows(self, conn: sqlite3.Connection, rows: Sequence[NewJob | PayloadRun]) -> list[tuple[int, bool]]:
-        if all(type(row) is PayloadRun or row.unique_key is None for row in rows):
-            total = sum(row.count if type(row) is PayloadRun else 1 for row in rows)
+        if all(isinstance(row, PayloadRun) or row.unique_key is None for row in rows):
+            total = sum(row.size if isinstance(row, PayloadRun) else 1 for row in rows)
             before = _sequence(conn)
             _bulk_insert(conn, rows)
             after = _sequence(conn)
@@ -555,9 +555,9 @@ class SQLiteStore:
             return [(job_id, True) for job_id in range(before + 1, after + 1)]
         out: list[tuple[int, bool]] = []
         for row in rows:
-            if type(row) is PayloadRun:
-                last_id = _insert_json_run(conn, row.template, row.payloads, row.count, row.first, row.last)
-                out.extend((job_id, True) for job_id in range(last_id - row.count + 1, last_id + 1))
+            if isinstance(row, PayloadRun):
+                last_id = _insert_json_run(conn, row.template, row.payloads, row.size, row.first, row.last)
+                out.extend((job_id, True) for job_id in range(last_id - row.size + 1, last_id + 1))
                 continue
             if row.unique_key is None:
                 (job_id,) = conn.execute(_INSERT_RETURNING, row).fetchone()
@@ -1004,17 +1004,21 @@ def _bulk_insert(conn: sqlite3.Connection, rows: Sequence[NewJob | PayloadRun]) 
     i = 0
     while i < n:
         first = rows[i]
-        if type(first) is PayloadRun:
-            _insert_json_run(conn, first.template, first.payloads, first.count, first.first, first.last)
+        if isinstance(first, PayloadRun):
+            _insert_json_run(conn, first.template, first.payloads, first.size, first.first, first.last)
             i += 1
             continue
-        j = i + 1
+        run: list[NewJob] = [first]
         size = len(first.payload)
-        while j < n and size < _BULK_MAX_CHARS and type(rows[j]) is NewJob and _same_but_payload(rows[j], first):
-            size += len(rows[j].payload) + 1  # type: ignore[union-attr]
+        j = i + 1
+        while j < n and size < _BULK_MAX_CHARS:
+            row = rows[j]
+            if isinstance(row, PayloadRun) or not _same_but_payload(row, first):
+                break
+            run.append(row)
+            size += len(row.payload) + 1
             j += 1
-        run: Sequence[NewJob] = rows[i:j]  # type: ignore[assignment]
-        if j - i < _BULK_MIN_ROWS:
+        if len(run) < _BULK_MIN_ROWS:
             conn.executemany(_INSERT, run)
         else:
             joined = "[" + ",".join([row.payload for row in run]) + "]"
