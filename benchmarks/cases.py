@@ -212,7 +212,7 @@ class Bench:
                 fn.enqueue(time.time())
                 if not started.wait(10):
                     raise RuntimeError("latency job did not start within 10 s")
-                _wait_for(lambda: worker.jobs_finished > i, 10)
+                _wait_finished(worker, i + 1, 10)
                 time.sleep(random.uniform(0.001, 0.003))  # the worker goes back to sleep
         return samples[5:]
 
@@ -253,7 +253,7 @@ class Bench:
                 cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )
             try:
-                out, err = proc.communicate(timeout=120)
+                _, err = proc.communicate(timeout=120)
             finally:
                 if proc.poll() is None:
                     proc.kill()
@@ -435,7 +435,7 @@ class Bench:
                     if not started.wait(60):
                         raise RuntimeError("workload job did not start within 60 s")
                     samples.append(starts[-1] - sent)
-                    _wait_for(lambda: worker.jobs_finished > i, 600)
+                    _wait_finished(worker, i + 1, 600)
                     time.sleep(random.uniform(0.001, 0.003))
         return samples[5:]
 
@@ -498,6 +498,10 @@ def _expect_succeeded(app: minijobs.App, n: int, what: str) -> None:
         raise RuntimeError(f"{what}: expected {n} succeeded jobs, found {dict(counts)}")
 
 
+def _wait_finished(worker: minijobs.Worker, n: int, timeout_s: float) -> None:
+    _wait_for(lambda: worker.jobs_finished >= n, timeout_s)
+
+
 def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -555,7 +559,11 @@ def _top_up(path: Path, size: int) -> None:
 
 
 def parse_json_arg(text: str, kind: type) -> Any:
-    value = json.loads(text)
+    """A command-line JSON argument of type ``kind`` (exits with a message otherwise)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f"not valid JSON: {text!r} ({exc})") from None
     if not isinstance(value, kind):
-        raise ValueError(f"expected a JSON {kind.__name__}, got {text!r}")
+        raise SystemExit(f"expected a JSON {'array' if kind is list else 'object'}, got {text!r}")
     return value
