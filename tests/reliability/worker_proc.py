@@ -41,6 +41,7 @@ from minijobs.testing import FakeClock
 from .jobs import ATASK, TASK, build_app
 from .ledger import process_ledger
 
+
 # How the store's claim and outcome statements look (trace callbacks see expanded SQL, so no '?').
 def _is_claim(sql: str) -> bool:
     return "SET state='running', attempts=attempts+1" in sql
