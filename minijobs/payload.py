@@ -63,9 +63,23 @@ def encode(
     if text.count("[") + text.count("{") > MAX_DEPTH:
         _check_depth(value, what)
     # Limits are in bytes: a character count under the limit proves nothing for non-ASCII text.
-    if max_bytes is not None and (len(text) > max_bytes or (not text.isascii() and len(text.encode()) > max_bytes)):
-        raise PayloadValueError(f"{what} is {len(text.encode())} bytes of JSON, over the {max_bytes}-byte limit")
+    if not text.isascii():
+        size = _utf8_size(text, what)
+        if max_bytes is not None and size > max_bytes:
+            raise PayloadValueError(f"{what} is {size} bytes of JSON, over the {max_bytes}-byte limit")
+    elif max_bytes is not None and len(text) > max_bytes:
+        raise PayloadValueError(f"{what} is {len(text)} bytes of JSON, over the {max_bytes}-byte limit")
     return text
+
+
+def _utf8_size(text: str, what: str) -> int:
+    """Size of ``text`` in UTF-8; a lone surrogate (valid in a str, not in UTF-8 or SQLite) is refused."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError as exc:
+        raise PayloadValueError(
+            f"{what} contains {text[exc.start:exc.end]!r}, a lone surrogate that is not valid UTF-8"
+        ) from None
 
 
 def decode(text: str) -> Any:
@@ -169,15 +183,17 @@ def encode_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *, ma
         text = _encode(value)
     except (TypeError, ValueError, RecursionError):
         text = None
-    if (
-        text is None
-        or len(text) > max_bytes
-        or (not text.isascii() and len(text.encode()) > max_bytes)
-        or text.count("[") + text.count("{") > MAX_DEPTH
-        or _call_maybe_lossy(args, kwargs)
-    ):
-        return encode(value, what="job arguments", max_bytes=max_bytes, roots={"args": args, "kwargs": kwargs})
-    return text
+    if text is not None:
+        if text.isascii():
+            size = len(text)
+        else:
+            try:
+                size = len(text.encode())
+            except UnicodeEncodeError:  # a lone surrogate: encode() says so, after the other checks
+                size = max_bytes + 1
+        if size <= max_bytes and text.count("[") + text.count("{") <= MAX_DEPTH and not _call_maybe_lossy(args, kwargs):
+            return text
+    return encode(value, what="job arguments", max_bytes=max_bytes, roots={"args": args, "kwargs": kwargs})
 
 
 def encode_calls(calls: Sequence[tuple[Sequence[Any], dict[str, Any]]], *, max_bytes: int) -> str | None:
@@ -206,7 +222,7 @@ def encode_calls(calls: Sequence[tuple[Sequence[Any], dict[str, Any]]], *, max_b
         text = _encode(values)
     except (TypeError, ValueError, RecursionError):  # e.g. NaN
         return None
-    if len(text) > max_bytes or (not text.isascii() and len(text.encode()) > max_bytes):
+    if len(text) > max_bytes or not text.isascii():  # non-ASCII: encode_call measures bytes, per call
         return None
     return text
 

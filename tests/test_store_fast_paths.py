@@ -286,3 +286,25 @@ def test_job_rows_read_back_equal_to_the_dataclass_constructor(tmp_path: Path) -
     with pytest.raises(RuntimeError, match="fields of Job"):
         job_from_fields(tuple(fields.values())[:-1])
     app.close()
+
+
+def test_lone_surrogates_are_typed_payload_errors(tmp_path: Path) -> None:
+    """A str may hold a lone surrogate; UTF-8 (and so SQLite) cannot: refused at the boundary, typed."""
+    app = minijobs.App(tmp_path / "jobs.sqlite3")
+
+    @app.job
+    async def f(*args: object) -> str:
+        return "\udc80"
+
+    with pytest.raises(minijobs.PayloadValueError, match="lone surrogate"):
+        f.enqueue("ok", "\ud800")
+    with pytest.raises(minijobs.PayloadValueError, match="lone surrogate"):
+        app.enqueue_many([*[f.prepare(i) for i in range(20)], f.prepare("\udfff")])
+    assert sum(app.store.count_by_state().values()) == 0
+    ref = f.enqueue("é")  # non-ASCII that is valid UTF-8 goes through
+    app.drain()
+    job = app.get(ref.id)
+    assert job.args == ("é",)
+    assert job.state is minijobs.JobState.FAILED  # its result cannot be stored
+    assert "lone surrogate" in job.errors[0].message
+    app.close()
