@@ -317,14 +317,26 @@ class SQLiteStore:
         self._lock = threading.RLock()
         if not self.is_memory:
             self._prepare_file(file_mode)
-        try:
-            self._conn = self._connect()
-            self._configure(self._conn)
-            self.migrate_component("minijobs", MIGRATIONS)
-        except sqlite3.Error as exc:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            raise _translate(exc, f"opening {self.path}") from exc
+        # Processes opening a fresh file together can see SQLITE_BUSY that SQLite returns
+        # without calling the busy handler (WAL recovery, the journal-mode switch): retry the
+        # whole open within the busy timeout instead of failing the caller.
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                self._conn = self._connect()
+                self._configure(self._conn)
+                self.migrate_component("minijobs", MIGRATIONS)
+                return
+            except (sqlite3.Error, StoreError) as exc:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                error = exc if isinstance(exc, StoreError) else _translate(exc, f"opening {self.path}")
+                if isinstance(error, DatabaseBusyError) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                if error is exc:
+                    raise
+                raise error from exc
 
     # -- connection set-up -------------------------------------------------
 
