@@ -83,10 +83,13 @@ class Recovery(Plugin):
     async def run(self, worker: Worker, app: App) -> None:
         interval = self.interval_s if self.interval_s is not None else max(0.01, worker.lease_s / 2)
         while True:
+            # Schedule the next pass from the time read before this one: a clock jump during the
+            # pass (FakeClock.advance in tests, a resumed laptop) then triggers another pass at once.
+            started = app.clock.now()
             report = self.recover(app)
             if report.requeued:
                 worker.wake()
-            if not await self.sleep_until(app.clock.now() + interval):
+            if not await self.sleep_until(started + interval):
                 return
 
     def recover(self, app: App) -> RecoveryReport:
