@@ -41,6 +41,7 @@ class Executor(ABC):
         #: Jobs pushed and not yet completed, by id (touched only in the worker's loop thread).
         self.running: dict[int, Job] = {}
         self.contexts: dict[int, JobContext] = {}
+        self._idle: asyncio.Future[None] | None = None
 
     @classmethod
     def get_default_concurrency(cls) -> int:
@@ -112,6 +113,21 @@ class Executor(ABC):
         if reason == "lost":
             return LeaseLostError(f"job {job.id}: lease lost to another worker")
         return Cancelled(f"job {job.id} was cancelled")
+
+    async def wait_idle(self, grace_s: float) -> None:
+        """Wait until :meth:`notify_idle` says no work is left, up to ``grace_s`` (or less if hurried)."""
+        self._idle = asyncio.get_running_loop().create_future()
+        try:
+            await self.wait_or_hurry([self._idle], grace_s)
+        finally:
+            if not self._idle.done():
+                self._idle.cancel()
+            self._idle = None
+
+    def notify_idle(self) -> None:
+        """Called by subclasses once their last running call has ended, to end :meth:`wait_idle`."""
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     async def wait_or_hurry(self, futures: Iterable[Awaitable[Any]], grace_s: float) -> None:
         """Wait for ``futures`` up to ``grace_s``, or less if the worker is told to stop at once."""

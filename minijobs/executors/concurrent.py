@@ -69,7 +69,6 @@ class ConcurrentExecutor(Executor):
         self._inbox: list[tuple[Call, BaseException | None, Any, bool]] = []
         self._inbox_lock = threading.Lock()
         self._hop_pending = False
-        self._idle: asyncio.Future[None] | None = None
         self.stopped = False
 
     @property
@@ -165,8 +164,8 @@ class ConcurrentExecutor(Executor):
                 self.worker.wake()  # its slot is free again
             else:
                 self._settle(call, exc, value)
-        if self._idle is not None and not self._calls and not self._idle.done():
-            self._idle.set_result(None)
+        if not self._calls:
+            self.notify_idle()
 
     def _settle(self, call: Call, exc: BaseException | None, result: Any) -> None:
         if self._calls.get(call.job.id) is call:
@@ -193,13 +192,7 @@ class ConcurrentExecutor(Executor):
     async def stop(self, *, grace_s: float) -> None:
         self._drain_inbox()
         if self._calls:
-            self._idle = asyncio.get_running_loop().create_future()
-            try:
-                await self.wait_or_hurry([self._idle], grace_s)
-            finally:
-                if not self._idle.done():
-                    self._idle.cancel()
-                self._idle = None
+            await self.wait_idle(grace_s)
             self._drain_inbox()
         for job_id in list(self._calls):
             self.cancel(job_id, reason="shutdown")

@@ -123,7 +123,6 @@ class ProcessExecutor(Executor):
         self._start_failures = 0
         self._restart: asyncio.TimerHandle | None = None
         self._stopping = False
-        self._idle: asyncio.Future[None] | None = None
         self._gone: asyncio.Future[None] | None = None
         #: Children started so far (a counter for names and tests).
         self.started_children = 0
@@ -342,8 +341,8 @@ class ProcessExecutor(Executor):
 
     def _complete(self, job: Job, exc: BaseException | None, result: Any) -> None:
         self.on_job_completed(job, exc=exc, result=result)
-        if self._idle is not None and not self.running and not self._idle.done():
-            self._idle.set_result(None)
+        if not self.running:
+            self.notify_idle()
 
     # -- stopping ------------------------------------------------------------------
 
@@ -366,13 +365,7 @@ class ProcessExecutor(Executor):
     async def stop(self, *, grace_s: float) -> None:
         loop = asyncio.get_running_loop()
         if self.running:
-            self._idle = loop.create_future()
-            try:
-                await self.wait_or_hurry([self._idle], grace_s)
-            finally:
-                if not self._idle.done():
-                    self._idle.cancel()
-                self._idle = None
+            await self.wait_idle(grace_s)
         self._stopping = True
         if self._restart is not None:
             self._restart.cancel()
