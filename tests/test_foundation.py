@@ -824,7 +824,7 @@ def test_two_processes_racing_claim_each_job_once(db_path: Path, subprocess_env:
     app.enqueue_many([noop.prepare(i) for i in range(n)])
     script = textwrap.dedent(
         f"""
-        import os, sys
+        import os, sys, time
         from minijobs.store import SQLiteStore
         store = SQLiteStore({str(db_path)!r})
         owner = "p%d" % os.getpid()
@@ -836,6 +836,9 @@ def test_two_processes_racing_claim_each_job_once(db_path: Path, subprocess_env:
             if not jobs:
                 break
             got.extend(j.id for j in jobs)
+            # Spread the claims over ~0.4 s so the two processes overlap even when one of them
+            # is scheduled late on a loaded machine (the race is in SQLite, not in this pause).
+            time.sleep(0.001)
         print(" ".join(map(str, got)))
         """
     )
