@@ -46,8 +46,13 @@ logger = logging.getLogger(__name__)
 
 #: Longest the loop sleeps without a reason, as a guard against missed wake-ups and wall-clock jumps.
 MAX_IDLE_S = 2.0
-#: After the last sign of activity, poll ``data_version`` at ``poll_interval_s`` for this long.
+#: Without inotify: after the last change seen, poll ``data_version`` at ``poll_interval_s`` for this long.
 FAST_POLL_WINDOW_S = 1.0
+#: With inotify: after a file event or a change seen, poll fast for this long.  Each commit writes the
+#: -wal file (an event) a moment before it becomes visible (the wal-index is updated through shared
+#: memory, which raises no event; with ``durability="full"`` an fsync lies in between), so one event
+#: needs polling only until its commit shows; every further commit brings its own event.
+FAST_POLL_AFTER_EVENT_S = 0.05
 #: Poll interval of a quiet database when inotify reports activity (a safety net only).
 IDLE_POLL_S = 0.5
 #: Poll interval of a quiet database where inotify is unavailable.
@@ -581,16 +586,20 @@ class Worker:
         """Wake the loop when another connection commits.
 
         Polls ``data_version`` every ``poll_interval_s`` while the database is
-        busy and slowly when it is quiet; an inotify event on the database files
-        (Linux) switches back to fast polling at once, so an idle worker costs
-        next to nothing and still reacts within milliseconds.
+        busy and slowly when it is quiet.  Where inotify works (Linux), a file
+        event on the database switches to fast polling for a moment only: long
+        enough for that commit to show, short enough that this process's own
+        writes (a leadership renewal every few seconds) cost a few polls instead
+        of a second of them.  Elsewhere, any change keeps fast polling on for
+        ``FAST_POLL_WINDOW_S``.
         """
         loop = asyncio.get_running_loop()
         fast = self.poll_interval_s
         notifier = DirectoryWatch.create(self.app.store.path)
         slow = max(fast, IDLE_POLL_S if notifier is not None else IDLE_POLL_NO_INOTIFY_S)
+        window = FAST_POLL_AFTER_EVENT_S if notifier is not None else FAST_POLL_WINDOW_S
         activity = asyncio.Event()
-        last_active = loop.time()
+        fast_until = loop.time() + window
 
         def on_fs_event() -> None:
             if notifier is not None and notifier.read():
@@ -600,17 +609,16 @@ class Worker:
             loop.add_reader(notifier.fileno(), on_fs_event)
         try:
             while True:
-                quiet = loop.time() - last_active > FAST_POLL_WINDOW_S
                 try:
-                    async with asyncio.timeout(slow if quiet else fast):
+                    async with asyncio.timeout(fast if loop.time() < fast_until else slow):
                         await activity.wait()
                 except TimeoutError:
                     pass
                 if activity.is_set():
                     activity.clear()
-                    last_active = loop.time()
+                    fast_until = loop.time() + window
                 if watcher.changed():
-                    last_active = loop.time()
+                    fast_until = loop.time() + window
                     self._wake_event.set()
         finally:
             if notifier is not None:
