@@ -194,6 +194,11 @@ def _decode_row(row: Sequence[Any], times: dict[float, datetime] | None = None) 
     errors_text = row[14]
     meta_text = row[16]
     state = STATE_BY_VALUE.get(row[4]) or JobState(row[4])
+    cached = times.get
+    scheduled_at = cached(row[9]) or _when(row[9], times)
+    created_at = cached(row[10]) or _when(row[10], times)
+    started_at = None if row[11] is None else cached(row[11]) or _when(row[11], times)
+    completed_at = None if row[12] is None else cached(row[12]) or _when(row[12], times)
     return job_from_fields((
         row[0],  # id
         row[1],  # name
@@ -204,10 +209,10 @@ def _decode_row(row: Sequence[Any], times: dict[float, datetime] | None = None) 
         row[5],  # priority
         row[6],  # attempts
         row[7],  # max_attempts
-        _when(row[9], times),  # scheduled_at
-        _when(row[10], times),  # created_at
-        _when(row[11], times),  # started_at
-        _when(row[12], times),  # completed_at
+        scheduled_at,
+        created_at,
+        started_at,
+        completed_at,
         None if row[13] is None else json.loads(row[13]),  # result
         () if errors_text == "[]" else _parse_errors(errors_text),
         None if row[15] is None else _parse_progress(row[15]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import os
@@ -248,6 +249,38 @@ def test_thread_timeout_cancels_the_task_of_an_async_job(harness_factory: Callab
         job = wait(sleepy.enqueue("sleepy"))
         assert job.errors[0].type == "minijobs.JobTimeoutError"
         assert cancelled.wait(WAIT_S)  # the coroutine got CancelledError at its await
+
+
+def test_async_job_owns_its_task_from_its_first_step(harness_factory: Callable[..., Harness]) -> None:
+    """asyncio.timeout and TaskGroup bind to the current task: a job's first step must run in its own.
+
+    On Python 3.12+ the executor starts tasks eagerly (the first step runs inside ``push``); a
+    timeout entered there must still cancel only this job, and the worker's loop must survive it.
+    """
+    h = harness_factory("async", concurrency=4)
+    seen: dict[str, Any] = {}
+
+    async def bounded() -> str:
+        task = asyncio.current_task()
+        seen["task"] = task
+        async with asyncio.TaskGroup() as group:
+            group.create_task(asyncio.sleep(0))
+        async with asyncio.timeout(0.05):
+            await asyncio.Event().wait()  # never set: the timeout must end it
+        return "unreachable"
+
+    async def quick(n: int) -> int:
+        return n * 2
+
+    bounded_fn = h.register(bounded)
+    quick_fn = h.register(quick)
+    with h.app.running():
+        failed = wait(bounded_fn.enqueue())
+        results = [wait(quick_fn.enqueue(n)).result for n in range(5)]
+    assert failed.state is JobState.FAILED
+    assert failed.errors[0].type == "TimeoutError"
+    assert seen["task"] is not None
+    assert results == [0, 2, 4, 6, 8]
 
 
 def test_thread_executor_defaults_and_exports() -> None:

@@ -13,11 +13,15 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ..context import reset_current, set_current
 from ..job import Job
 from .base import CancelReason, Executor
+
+#: Whether ``asyncio.Task`` takes ``eager_start`` (Python 3.12+).
+_EAGER = sys.version_info >= (3, 12)
 
 if TYPE_CHECKING:
     from ..queue import Queue
@@ -38,7 +42,15 @@ class AsyncExecutor(Executor):
 
     def push(self, job: Job) -> None:
         job = self.on_job_starting(job)
-        task = self.worker.loop.create_task(self._run(job))
+        if _EAGER:
+            # Python 3.12+: the job runs until its first real suspension right here, so a job that
+            # never waits finishes without a trip through the loop's ready queue.  The task is still
+            # a real task from its first step (current_task(), timeouts and TaskGroups work).
+            task = asyncio.Task(self._run(job), loop=self.worker.loop, eager_start=True)  # type: ignore[call-arg]
+            if task.done():
+                return
+        else:
+            task = self.worker.loop.create_task(self._run(job))
         self._tasks[job.id] = task
 
     async def _run(self, job: Job) -> None:
