@@ -308,3 +308,35 @@ def test_lone_surrogates_are_typed_payload_errors(tmp_path: Path) -> None:
     assert job.state is minijobs.JobState.FAILED  # its result cannot be stored
     assert "lone surrogate" in job.errors[0].message
     app.close()
+
+
+def test_claimed_jobs_equal_a_fresh_read_of_their_rows(tmp_path: Path) -> None:
+    """A claim reads back only the columns it did not set itself; the snapshot must still be exact."""
+    clock = FakeClock()
+    app = minijobs.App(tmp_path / "jobs.sqlite3", clock=clock)
+
+    @app.job(max_attempts=3, timeout_s=7)
+    async def f(n: int, *, tag: str = "") -> None:
+        return None
+
+    plain = f.enqueue(1)
+    rich = f.options(meta={"k": [1, "x"]}, unique_key="u-1", priority=5).enqueue(2, tag="é")
+    clock.advance(3)
+    first = app.store.claim("default", 1, owner="A", now=clock.now(), lease_s=10)
+    assert [j.id for j in first] == [rich.id]  # priority first
+    error = '{"attempt":1,"type":"E","message":"boom","traceback":"","at":0}'
+    app.store.finish([Outcome(job_id=rich.id, owner="A", attempt=1, state=minijobs.JobState.RETRYING,
+                              completed_at=None, error=error, scheduled_at=clock.now(),
+                              progress='{"done":1,"total":4,"message":"a"}')])
+    clock.advance(2)
+    claimed = app.store.claim("default", 5, owner="B", now=clock.now(), lease_s=10)
+    assert [j.id for j in claimed] == [rich.id, plain.id]
+    for job in claimed:
+        assert job == app.get(job.id)
+        assert job.state is minijobs.JobState.RUNNING and job.lease_owner == "B" and job.queue == "default"
+        assert job.started_at is not None and job.started_at.timestamp() == clock.now()
+    again = claimed[0]
+    assert again.attempts == 2 and again.errors[0].message == "boom" and again.progress is not None
+    assert again.meta == {"k": [1, "x"]} and again.kwargs == {"tag": "é"} and again.unique_key == "u-1"
+    assert again.timeout_s == 7 and again.completed_at is None and again.result is None
+    app.close()
