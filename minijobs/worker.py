@@ -267,16 +267,17 @@ class Worker:
             else:
                 state = JobState.FAILED
         progress_entry = self._progress.pop(job.id, None)
+        # Positional (in Outcome's field order): half the cost of keywords, once per job.
         outcome = Outcome(
-            job_id=job.id,
-            owner=self.id,
-            attempt=job.attempts,
-            state=state,
-            completed_at=None if state is JobState.RETRYING else now,
-            result=result_json,
-            error=error_json,
-            scheduled_at=scheduled_at,
-            progress=progress_entry[1] if progress_entry else None,
+            job.id,  # job_id
+            self.id,  # owner
+            job.attempts,  # attempt
+            state,
+            None if state is JobState.RETRYING else now,  # completed_at
+            result_json,  # result
+            error_json,  # error
+            scheduled_at,
+            progress_entry[1] if progress_entry else None,  # progress
         )
         if self._completed_hooks:
             outcome, job = self._apply_completed_hooks(job, outcome, exc, result)
