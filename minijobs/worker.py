@@ -284,7 +284,8 @@ class Worker:
         elif self._updated_hooks or self.app.events.wants("job.completed"):
             job = self._proposed(job, outcome, result)
         if exc is not None:  # logged after the hooks, so the line shows the outcome actually written
-            log = logger.info if outcome.state is JobState.RETRYING else logger.warning
+            # A retry or a cancellation someone asked for is the system working; a failure is not.
+            log = logger.info if outcome.state in (JobState.RETRYING, JobState.CANCELLED) else logger.warning
             log("job %d (%s) attempt %d: %s: %s -> %s", job.id, job.name, job.attempts,
                 type(exc).__name__, exc, outcome.state, extra={"job_id": job.id})
         self._outcomes.append((outcome, job))

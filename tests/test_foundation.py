@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 import os
 import signal
@@ -429,7 +430,7 @@ def test_cancelled_pending_job_never_runs(db_path: Path) -> None:
     assert ref.wait(timeout_s=1).state is minijobs.JobState.CANCELLED
 
 
-def test_cancel_stops_a_running_async_job(db_path: Path) -> None:
+def test_cancel_stops_a_running_async_job(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     app = make_app(db_path)
     started = threading.Event()
     was_cancelled = threading.Event()
@@ -446,9 +447,13 @@ def test_cancel_stops_a_running_async_job(db_path: Path) -> None:
     with app.running():
         ref = long.enqueue()
         assert started.wait(10)
-        app.cancel(ref.id)
-        job = ref.wait(timeout_s=10)
+        with caplog.at_level(logging.INFO, logger="minijobs.worker"):
+            app.cancel(ref.id)
+            job = ref.wait(timeout_s=10)
     assert job.state is minijobs.JobState.CANCELLED and was_cancelled.is_set()
+    # A cancellation someone asked for is logged, but not as a warning.
+    lines = [r for r in caplog.records if r.name == "minijobs.worker" and f"job {ref.id} " in r.getMessage()]
+    assert lines and all(r.levelno == logging.INFO for r in lines)
 
 
 def test_wait_times_out_with_typed_error(db_path: Path) -> None:
