@@ -227,18 +227,12 @@ class App:
         file_mode: int | None = 0o600,
     ) -> None:
         self.path = os.fspath(path)
-        self.queues: tuple[Queue, ...] = tuple(queues) if queues is not None else (Queue("default"),)
-        names = [q.name for q in self.queues]
-        if len(set(names)) != len(names):
-            raise ConfigurationError(f"queue names must be unique, got {names}")
-        if not all(isinstance(q, Queue) for q in self.queues):
-            raise ConfigurationError("queues must be minijobs.Queue instances")
+        self.queues: tuple[Queue, ...] = _checked_queues((Queue("default"),) if queues is None else queues)
         if plugins is None:
             from .plugins import default_plugins
 
             plugins = default_plugins()
-        self.plugins: tuple[Plugin, ...] = tuple(plugins)
-        self._check_plugins()
+        self.plugins: tuple[Plugin, ...] = _checked_plugins(plugins)
         self.clock: Clock = clock if clock is not None else SystemClock()
         if durability not in ("normal", "full"):
             raise ConfigurationError(f"durability must be 'normal' or 'full', got {durability!r}")
@@ -267,18 +261,22 @@ class App:
         #: Set by ``minijobs.testing.eager``: called with the ids of jobs just written, to run them at once.
         self._eager_hook: Callable[[list[int]], None] | None = None
 
-    def _check_plugins(self) -> None:
-        for plugin in self.plugins:
-            if not isinstance(plugin, Plugin):
-                raise ConfigurationError(f"plugins must be minijobs.Plugin instances, got {plugin!r}")
-        ids = [p.get_identifier() for p in self.plugins]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ConfigurationError(f"plugins configured twice: {duplicates}")
-        for plugin in self.plugins:
-            missing = [d for d in plugin.get_dependencies() if d not in ids]
-            if missing:
-                raise ConfigurationError(f"plugin {plugin.get_identifier()} needs {missing}, which are not configured")
+    def reconfigure(self, *, queues: Iterable[Queue] | None = None, plugins: Iterable[Plugin] | None = None) -> None:
+        """Replace the app's queues and/or plugins before its workers start (e.g. from a config file).
+
+        Checked as the constructor checks them; on error nothing changes.  If
+        the database is open already, new plugins bring their tables up to date.
+        """
+        with self._workers_lock:
+            if self._workers:
+                raise ConfigurationError("cannot reconfigure an app while one of its workers runs")
+        new_queues = self.queues if queues is None else _checked_queues(queues)
+        new_plugins = self.plugins if plugins is None else _checked_plugins(plugins)
+        added = [p for p in new_plugins if all(p is not old for old in self.plugins)]
+        self.queues, self.plugins = new_queues, new_plugins
+        if self._store is not None:
+            for plugin in added:
+                plugin.migrate(self)
 
     # -- storage -------------------------------------------------------------
 
@@ -699,3 +697,29 @@ def _check_id(job_id: object) -> int:
 
 def _code_of(fn: Callable[..., Any]) -> Any:
     return getattr(inspect.unwrap(fn), "__code__", None)
+
+
+def _checked_queues(queues: Iterable[Queue]) -> tuple[Queue, ...]:
+    checked = tuple(queues)
+    if not all(isinstance(q, Queue) for q in checked):
+        raise ConfigurationError("queues must be minijobs.Queue instances")
+    names = [q.name for q in checked]
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"queue names must be unique, got {names}")
+    return checked
+
+
+def _checked_plugins(plugins: Iterable[Plugin]) -> tuple[Plugin, ...]:
+    checked = tuple(plugins)
+    for plugin in checked:
+        if not isinstance(plugin, Plugin):
+            raise ConfigurationError(f"plugins must be minijobs.Plugin instances, got {plugin!r}")
+    ids = [p.get_identifier() for p in checked]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigurationError(f"plugins configured twice: {duplicates}")
+    for plugin in checked:
+        missing = [d for d in plugin.get_dependencies() if d not in ids]
+        if missing:
+            raise ConfigurationError(f"plugin {plugin.get_identifier()} needs {missing}, which are not configured")
+    return checked

@@ -180,7 +180,7 @@ def apply_config(app: App, config: Config, *, concurrency: int | None = None) ->
             wanted = default_concurrency
         if wanted is not None:
             queues[name] = dataclasses.replace(queue, concurrency=wanted)
-    app.queues = tuple(queues.values())
+    app.reconfigure(queues=queues.values())
     if config.plugins:
         _add_plugins(app, config)
 
@@ -191,11 +191,7 @@ def _add_plugins(app: App, config: Config) -> None:
 
     configured: list[Plugin] = from_config(config.plugins)
     dropped = {p.get_identifier() for p in configured} | disabled_in(config.plugins)
-    app.plugins = (*(p for p in app.plugins if p.get_identifier() not in dropped), *configured)
-    app._check_plugins()
-    if app._store is not None:  # opened already (e.g. at import): bring the new plugins' tables up to date
-        for plugin in configured:
-            plugin.migrate(app)
+    app.reconfigure(plugins=(*(p for p in app.plugins if p.get_identifier() not in dropped), *configured))
 
 
 # -- output helpers --------------------------------------------------------------

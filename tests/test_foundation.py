@@ -985,3 +985,19 @@ def test_payload_column_holds_plain_json(db_path: Path) -> None:
     ref = f.enqueue(1, "two", [3.5, None, True], k={"nested": ["x"]})
     (text,) = app.store.query("raw", "SELECT payload FROM minijobs_jobs WHERE id=?", (ref.id,))[0]
     assert json.loads(text) == {"args": [1, "two", [3.5, None, True]], "kwargs": {"k": {"nested": ["x"]}}}
+
+
+def test_reconfigure_checks_like_the_constructor_and_changes_nothing_on_error(db_path: Path) -> None:
+    app = minijobs.App(db_path, queues=[minijobs.Queue("a")], plugins=[])
+    with pytest.raises(minijobs.ConfigurationError, match="unique"):
+        app.reconfigure(queues=[minijobs.Queue("b"), minijobs.Queue("b")])
+    with pytest.raises(minijobs.ConfigurationError, match="Plugin instances"):
+        app.reconfigure(queues=[minijobs.Queue("b")], plugins=[object()])  # type: ignore[list-item]
+    assert [q.name for q in app.queues] == ["a"] and app.plugins == ()
+    app.reconfigure(queues=[minijobs.Queue("b", concurrency=3)])
+    assert [(q.name, q.concurrency) for q in app.queues] == [("b", 3)]
+    with app.running():
+        with pytest.raises(minijobs.ConfigurationError, match="while one of its workers runs"):
+            app.reconfigure(queues=[minijobs.Queue("c")])
+    assert [q.name for q in app.queues] == ["b"]
+    app.close()
