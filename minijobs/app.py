@@ -27,7 +27,7 @@ from .job import Job, JobState
 from .names import check_job_name, check_queue_name
 from .plugin import Plugin
 from .queue import Queue
-from .store import Durability, NewJob, PayloadRun, SQLiteStore
+from .store import Durability, IntegrityCheck, NewJob, PayloadRun, SQLiteStore
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -209,6 +209,12 @@ class App:
     back to their queue) and :class:`~minijobs.plugins.Pruner` (finished jobs
     are deleted after 7 days).  Pass a list to choose (e.g. add
     :class:`~minijobs.plugins.Cron`), or ``plugins=[]`` to run none.
+
+    Opening checks the file's header and schema.  ``integrity_check="quick"``
+    (or ``"full"``) also reads every page at open, so damage deep in the file
+    raises :class:`~minijobs.CorruptDatabaseError` there rather than when a
+    job first touches it; it is off by default because it costs a read of
+    the whole file at every open (see :meth:`check_integrity`).
     """
 
     def __init__(
@@ -225,6 +231,7 @@ class App:
         poll_interval_s: float = 0.005,
         max_payload_bytes: int = payload.DEFAULT_MAX_BYTES,
         file_mode: int | None = 0o600,
+        integrity_check: IntegrityCheck | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.queues: tuple[Queue, ...] = _checked_queues((Queue("default"),) if queues is None else queues)
@@ -241,6 +248,8 @@ class App:
                 raise ConfigurationError(f"{label} must be a positive number, got {value!r}")
         if not (_number(grace_s) and grace_s >= 0):
             raise ConfigurationError(f"grace_s must be a number >= 0, got {grace_s!r}")
+        if integrity_check not in (None, "quick", "full"):
+            raise ConfigurationError(f"integrity_check must be 'quick', 'full' or None, got {integrity_check!r}")
         if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 64:
             raise ConfigurationError(f"max_payload_bytes must be an int >= 64, got {max_payload_bytes!r}")
         self.durability: Durability = durability
@@ -250,6 +259,7 @@ class App:
         self.poll_interval_s = poll_interval_s
         self.max_payload_bytes = max_payload_bytes
         self.file_mode = file_mode
+        self.integrity_check: IntegrityCheck | None = integrity_check
         self.registry: dict[str, JobFunction[..., Any]] = {}
         self.events = EventHub()
         self._store: SQLiteStore | None = None
@@ -290,21 +300,44 @@ class App:
     def open(self) -> SQLiteStore:
         """Open (creating and migrating if needed) the database now; errors surface here."""
         with self._open_lock:
-            if self._store is None:
-                store = SQLiteStore(
-                    self.path, durability=self.durability, busy_timeout_s=self.busy_timeout_s, file_mode=self.file_mode
-                )
-                # Published before plugin migrations: Plugin.migrate reaches the store through
-                # ``app.store``, which would otherwise re-enter open() and deadlock on the lock.
-                self._store = store
-                try:
-                    for plugin in self.plugins:
-                        plugin.migrate(self)
-                except BaseException:
-                    self._store = None
-                    store.close()
-                    raise
-            return self._store
+            return self._open_locked(self.integrity_check)
+
+    def _open_locked(self, integrity_check: IntegrityCheck | None) -> SQLiteStore:
+        if self._store is None:
+            store = SQLiteStore(
+                self.path, durability=self.durability, busy_timeout_s=self.busy_timeout_s, file_mode=self.file_mode,
+                integrity_check=integrity_check,
+            )
+            # Published before plugin migrations: Plugin.migrate reaches the store through
+            # ``app.store``, which would otherwise re-enter open() and deadlock on the lock.
+            self._store = store
+            try:
+                for plugin in self.plugins:
+                    plugin.migrate(self)
+            except BaseException:
+                self._store = None
+                store.close()
+                raise
+        return self._store
+
+    def check_integrity(self, mode: IntegrityCheck = "quick") -> None:
+        """Read the whole database file now; :class:`~minijobs.CorruptDatabaseError` says what is damaged.
+
+        ``"quick"`` is ``PRAGMA quick_check`` (every page's structure),
+        ``"full"`` is ``PRAGMA integrity_check`` (also every index against its
+        table).  If the app is not open yet, the check runs while opening,
+        before any migration writes to the file; the ``integrity_check``
+        option does the same at every open.  On an open app it holds the
+        app's connection while it reads (other calls in this process wait).
+        """
+        if mode not in ("quick", "full"):
+            raise ConfigurationError(f"integrity check must be 'quick' or 'full', got {mode!r}")
+        with self._open_lock:
+            store = self._store
+            if store is None:
+                self._open_locked(mode)
+                return
+        store.check_integrity(mode)
 
     def close(self) -> None:
         with self._open_lock:

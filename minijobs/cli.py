@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from .errors import ConfigurationError, MinijobsError, UnknownJobError
 from .job import Job, JobState
 from .plugin import Plugin
 from .queue import Queue
+from .store import IntegrityCheck
 
 logger = logging.getLogger(__name__)
 
@@ -740,6 +742,20 @@ def cmd_migrate(s: Session) -> int:
     return 0
 
 
+def cmd_check(s: Session) -> int:
+    app = s.app()
+    mode: IntegrityCheck = "full" if s.args.full else "quick"
+    started = time.perf_counter()
+    app.check_integrity(mode)  # damage raises CorruptDatabaseError: one line on stderr, exit status 1
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if s.args.json:
+        _dump_json({"db": app.path, "check": mode, "ok": True, "elapsed_ms": round(elapsed_ms, 1)}, s.out)
+        return 0
+    pragma = "integrity_check" if mode == "full" else "quick_check"
+    s.out.write(f"{app.path}: ok (PRAGMA {pragma}, {elapsed_ms:.0f} ms)\n")
+    return 0
+
+
 def find_benchmarks() -> Path:
     """The directory that holds the ``benchmarks`` package: the current directory or the source checkout."""
     for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
@@ -863,6 +879,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = command(commands, "migrate", "create or upgrade the database schema (core and plugins)", cmd_migrate)
+    p.add_argument("--json", action="store_true")
+
+    p = command(commands, "check", "read the whole database file and report damage (exit status 1 if damaged)",
+                cmd_check)
+    p.add_argument("--full", action="store_true",
+                   help="PRAGMA integrity_check (also checks every index against its table; slower) "
+                        "instead of PRAGMA quick_check")
     p.add_argument("--json", action="store_true")
 
     p = command(commands, "bench", "run the benchmark suite (python -m benchmarks); arguments pass through", cmd_bench)

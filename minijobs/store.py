@@ -38,6 +38,12 @@ from .job import STATE_BY_VALUE, AttemptError, Job, JobState, Progress, job_from
 logger = logging.getLogger(__name__)
 
 Durability = Literal["normal", "full"]
+#: ``"quick"`` runs ``PRAGMA quick_check`` (every page's b-tree structure), ``"full"`` runs
+#: ``PRAGMA integrity_check`` (also that every index matches its table; several times slower).
+IntegrityCheck = Literal["quick", "full"]
+_CHECK_PRAGMAS: dict[str, str] = {"quick": "quick_check", "full": "integrity_check"}
+#: Findings quoted in the error; SQLite reports up to 100.
+_CHECK_LINES_SHOWN = 5
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -359,9 +365,19 @@ class SQLiteStore:
         durability: Durability = "normal",
         busy_timeout_s: float = 5.0,
         file_mode: int | None = 0o600,
+        integrity_check: IntegrityCheck | None = None,
     ) -> None:
+        """Open (creating if needed) and migrate the file at ``path``.
+
+        ``integrity_check`` (off by default: it reads every page) checks the
+        whole file after the cheap header and schema checks and before the
+        migrations, so a damaged page deep in the file is reported here
+        instead of by the first job that touches it.
+        """
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
+        if integrity_check is not None and integrity_check not in _CHECK_PRAGMAS:
+            raise ValueError(f"integrity_check must be 'quick', 'full' or None, got {integrity_check!r}")
         self.path = str(path)
         self.is_memory = self.path == ":memory:" or self.path.startswith("file::memory:")
         self.durability: Durability = durability
@@ -377,6 +393,8 @@ class SQLiteStore:
             try:
                 self._conn = self._connect()
                 self._configure(self._conn)
+                if integrity_check is not None:
+                    self._check(self._conn, integrity_check)
                 self.migrate_component("minijobs", MIGRATIONS)
                 return
             except (sqlite3.Error, StoreError) as exc:
@@ -1017,6 +1035,34 @@ class SQLiteStore:
     def integrity_check(self) -> list[str]:
         with self._read("integrity check") as conn:
             return [row[0] for row in conn.execute("PRAGMA integrity_check")]
+
+    def check_integrity(self, mode: IntegrityCheck = "quick") -> None:
+        """Read the whole file; raise :class:`CorruptDatabaseError` saying what SQLite found if it is damaged."""
+        if mode not in _CHECK_PRAGMAS:
+            raise ValueError(f"integrity check must be 'quick' or 'full', got {mode!r}")
+        with self._lock:
+            self._check(self._conn, mode)
+
+    def _check(self, conn: sqlite3.Connection, mode: IntegrityCheck) -> None:
+        pragma = _CHECK_PRAGMAS[mode]
+        started = time.perf_counter()
+        try:
+            findings = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}")]
+        except sqlite3.Error as exc:
+            # A page too damaged to walk makes the check itself fail instead of reporting it.
+            error = _translate(exc, f"{self.path}: PRAGMA {pragma}")
+            if isinstance(error, CorruptDatabaseError):
+                raise CorruptDatabaseError(
+                    f"{self.path} is damaged: PRAGMA {pragma} could not finish: {exc}; restore it from a backup"
+                ) from exc
+            raise error from exc
+        if findings != ["ok"]:
+            shown = "; ".join(" ".join(line.split()) for line in findings[:_CHECK_LINES_SHOWN])
+            more = f" (and {len(findings) - _CHECK_LINES_SHOWN} more)" if len(findings) > _CHECK_LINES_SHOWN else ""
+            raise CorruptDatabaseError(
+                f"{self.path} is damaged: PRAGMA {pragma} reported {shown}{more}; restore it from a backup"
+            )
+        logger.debug("%s: PRAGMA %s ok in %.1f ms", self.path, pragma, (time.perf_counter() - started) * 1000)
 
 
 class ChangeWatcher:

@@ -11,6 +11,7 @@ import decimal
 import enum
 import functools
 import random
+import re
 import sqlite3
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from damaged_files import damage_deep_page, make_db
 
 import minijobs
 from minijobs import (
@@ -332,16 +334,6 @@ def test_unknown_state_is_a_typed_error_on_read(app: App, fn: Any) -> None:
 # -- damaged files -----------------------------------------------------------------------------------------------
 
 
-def make_db(path: Path, jobs: int = 200) -> None:
-    app = App(path, plugins=[])
-    f = app.job(name="x")(lambda *a: None)
-    app.enqueue_many([f.prepare("payload " * 20) for _ in range(jobs)])
-    app.close()
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the main file
-    conn.close()
-
-
 @pytest.mark.parametrize("prefix", [b"", b"SQLite format 3\x00"])
 def test_random_bytes_are_refused_at_open(tmp_path: Path, prefix: bytes) -> None:
     path = tmp_path / "random.sqlite3"
@@ -396,8 +388,9 @@ def test_damaged_header_or_schema_page_is_refused_at_open(tmp_path: Path, page: 
 
 
 def test_damaged_data_page_is_a_clear_typed_error_on_first_use(tmp_path: Path) -> None:
-    # Opening checks the header and the schema (cheap); proving every page sound would cost a full
-    # scan at each open, so damage deeper in the file surfaces as CorruptDatabaseError when touched.
+    # Opening checks the header and the schema (cheap); proving every page sound costs a full scan,
+    # so by default damage deeper in the file surfaces as CorruptDatabaseError when touched
+    # (App(integrity_check=...) finds it at open: see the tests below).
     path = tmp_path / "jobs.sqlite3"
     make_db(path, jobs=2000)
     conn = sqlite3.connect(path)
@@ -417,6 +410,57 @@ def test_damaged_data_page_is_a_clear_typed_error_on_first_use(tmp_path: Path) -
         pass  # detected even earlier: also fine
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+@pytest.mark.parametrize("btree", ["minijobs_jobs", "minijobs_jobs_runnable"])
+def test_integrity_check_at_open_finds_a_damaged_deep_page(tmp_path: Path, btree: str, mode: str) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    make_db(path, jobs=2000)  # ~150 pages of 4 KiB: the table and its runnable index both have interior roots
+    damage_deep_page(path, btree)
+    content = path.read_bytes()
+    app = App(path, plugins=[], integrity_check=mode)  # type: ignore[arg-type]
+    pragma = {"quick": "quick_check", "full": "integrity_check"}[mode]
+    with pytest.raises(CorruptDatabaseError, match=f"^{re.escape(str(path))} is damaged: PRAGMA {pragma} "):
+        app.open()
+    assert app._store is None
+    assert path.read_bytes() == content, "a damaged file must not be written to"
+    with pytest.raises(CorruptDatabaseError, match="is damaged"):
+        app.check_integrity(mode)  # type: ignore[arg-type]
+    # Without the check the file opens; the damage is found only when a query reaches the page.
+    unchecked = App(path, plugins=[])
+    try:
+        unchecked.open()
+        with pytest.raises(CorruptDatabaseError, match="damaged"):
+            unchecked.store.check_integrity(mode)  # type: ignore[arg-type]
+    finally:
+        unchecked.close()
+
+
+def test_integrity_check_passes_on_a_sound_file_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    make_db(path, jobs=2000)
+    for mode in ("quick", "full"):
+        app = App(path, plugins=[], integrity_check=mode)  # type: ignore[arg-type]
+        f = app.job(name="x")(lambda *a: "ran")
+        ref = f.enqueue()
+        app.check_integrity(mode)  # type: ignore[arg-type]  # on an open app too
+        app.drain()
+        assert app.get(ref.id).result == "ran"
+        app.close()
+    fresh = App(tmp_path / "new.sqlite3", plugins=[], integrity_check="full")
+    fresh.open()  # a brand-new file is sound
+    fresh.close()
+
+
+def test_integrity_check_option_is_checked(tmp_path: Path) -> None:
+    for bad in ("yes", True, "QUICK", 1):
+        with pytest.raises(ConfigurationError, match="integrity_check"):
+            App(tmp_path / "jobs.sqlite3", integrity_check=bad)  # type: ignore[arg-type]
+    app = App(tmp_path / "jobs.sqlite3", plugins=[])
+    with pytest.raises(ConfigurationError, match="integrity check"):
+        app.check_integrity("fast")  # type: ignore[arg-type]
+    assert not (tmp_path / "jobs.sqlite3").exists()
 
 
 # -- cron fuzzing --------------------------------------------------------------------------------------------------

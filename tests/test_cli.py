@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from damaged_files import damage_deep_page, make_db
 
 import minijobs
 from minijobs import cli
@@ -214,6 +215,20 @@ def test_db_option_inspects_without_importing_the_app(project: Path) -> None:
     assert [j["name"] for j in jobs] == ["add"]
     assert_one_line_error(mj(project, "--db", "jobs.sqlite3", "enqueue", "add", app=None, rc=1), "enqueue needs --app")
     assert_one_line_error(mj(project, "--db", "jobs.sqlite3", "jobs", "list", rc=1), "give --app or --db, not both")
+
+
+def test_check_reads_the_whole_file_and_names_the_damage(project: Path) -> None:
+    db = project / "big.sqlite3"
+    make_db(db, jobs=2000)
+    assert mj(project, "--db", str(db), "check", app=None).stdout.startswith(f"{db}: ok (PRAGMA quick_check")
+    report = mj_json(project, "--db", str(db), "check", "--full", app=None)
+    assert isinstance(report, dict) and (report["check"], report["ok"]) == ("full", True)
+    damage_deep_page(db, "minijobs_jobs_runnable")
+    mj(project, "--db", str(db), "jobs", "list", app=None)  # opening alone does not read that page
+    for extra in ((), ("--full",)):
+        failed = mj(project, "--db", str(db), "check", *extra, app=None, rc=1)
+        assert_one_line_error(failed, f"{db} is damaged: PRAGMA {'integrity_check' if extra else 'quick_check'}")
+    mj(project, "check")  # through --app too: the project's own database is sound
 
 
 def test_app_loading_errors_are_one_line(project: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 import minijobs
 from minijobs import Backoff, JobState, Progress
+from minijobs.executors._pool import DaemonThreadPool
 
 NOW = Backoff(base_s=0, jitter=0)  # retries due at once
 WAIT_S = 20.0  # generous bound on waits for things that take milliseconds
@@ -288,6 +289,108 @@ def test_thread_executor_defaults_and_exports() -> None:
     assert issubclass(minijobs.ThreadExecutor, minijobs.ConcurrentExecutor)
     for name in ("ThreadExecutor", "ProcessExecutor", "ConcurrentExecutor", "ProcessDiedError", "RemoteJobError"):
         assert name in minijobs.__all__
+
+
+# -- jobs that ignore cancellation at exit (thread pools of the thread and async executors) ----
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["thread", "async"])
+def test_job_ignoring_cancel_does_not_keep_the_process_alive_after_stop(
+    tmp_path: Path, subprocess_env: dict[str, str], kind: str
+) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    script = tmp_path / "script.py"
+    executor = EXECUTORS[kind]
+    assert executor is not None
+    script.write_text(textwrap.dedent(f"""
+        import json, threading
+        import minijobs
+
+        app = minijobs.App({str(db)!r}, plugins=[], grace_s=0.1, queues=[
+            minijobs.Queue("default", executor=minijobs.{executor.__name__}, concurrency=1)])
+        started = threading.Event()
+
+        @app.job(name="spin")
+        def spin():
+            started.set()
+            never = threading.Event()
+            while True:  # never looks at current_job().cancelled
+                never.wait(0.01)
+
+        if __name__ == "__main__":
+            ref = spin.enqueue()
+            with app.running():
+                assert started.wait(20)
+            # The worker stopped and released the job; its thread is still inside spin().
+            stuck = [t.name for t in threading.enumerate() if t.name.startswith("minijobs-default")]
+            print(json.dumps({{"id": ref.id, "stuck": stuck}}))
+    """))
+    try:
+        out = subprocess.run([sys.executable, str(script)], env=subprocess_env, capture_output=True, text=True,
+                             timeout=30, check=False)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the process did not exit after main returned (killed after 30 s); stdout: {exc.stdout!r}")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["stuck"], "the job's thread should still have been running when main returned"
+    assert "still running" in out.stderr  # the worker said it left a call running (logging's last resort)
+    app = minijobs.App(db, plugins=[])
+    try:
+        job = app.get(report["id"])
+        assert job.state in (JobState.PENDING, JobState.RETRYING), job  # released, not lost
+        app.job(name="spin")(lambda: "ran")
+        assert app.drain() == 1  # another worker runs it
+        assert app.get(report["id"]).result == "ran"
+    finally:
+        app.close()
+
+
+def test_daemon_thread_pool_bounds_threads_and_reports_results_and_errors() -> None:
+    pool = DaemonThreadPool(2, thread_name_prefix="test-pool")
+    gate = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def call(value: object) -> object:
+        entered.release()
+        gate.wait(WAIT_S)
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    futures = [pool.submit(call, v) for v in (1, ValueError("bad"), SystemExit(3), 4)]
+    assert entered.acquire(timeout=WAIT_S) and entered.acquire(timeout=WAIT_S)
+    assert not entered.acquire(timeout=0.05)  # two threads, both busy: the rest waits
+    threads = [t for t in threading.enumerate() if t.name.startswith("test-pool_")]
+    assert len(threads) == 2 and all(t.daemon for t in threads)
+    gate.set()
+    assert futures[0].result(WAIT_S) == 1 and futures[3].result(WAIT_S) == 4
+    assert isinstance(futures[1].exception(WAIT_S), ValueError)
+    assert isinstance(futures[2].exception(WAIT_S), SystemExit)  # BaseException reaches the future too
+    assert pool.submit(call, 5).result(WAIT_S) == 5  # an idle thread takes it: no third thread
+    assert len([t for t in threading.enumerate() if t.name.startswith("test-pool_")]) == 2
+    pool.shutdown(wait=True)
+    assert not any(t.is_alive() for t in threads)
+    with pytest.raises(RuntimeError):
+        pool.submit(call, 6)
+
+
+def test_daemon_thread_pool_shutdown_cancels_waiting_calls_and_lets_running_ones_finish() -> None:
+    pool = DaemonThreadPool(1, thread_name_prefix="test-pool-stop")
+    gate, started = threading.Event(), threading.Event()
+
+    def block() -> bool:
+        started.set()
+        return gate.wait(WAIT_S)
+
+    running = pool.submit(block)
+    assert started.wait(WAIT_S)
+    waiting = pool.submit(lambda: "never")
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert waiting.cancelled()
+    assert not running.done()
+    gate.set()
+    assert running.result(WAIT_S) is True
 
 
 # -- process executor ------------------------------------------------------------------

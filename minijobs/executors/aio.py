@@ -3,21 +3,24 @@
 Timeouts and cancellation are hard for ``async def`` jobs (the task is
 cancelled at its next ``await``).  Plain ``def`` jobs run in a small thread
 pool so they cannot block the loop; for them, as in any thread, cancellation is
-cooperative (see :class:`~minijobs.ThreadExecutor`).
+cooperative (see :class:`~minijobs.ThreadExecutor`), and as there the pool's
+threads are daemon threads, so one that never returns does not hold the
+process open at exit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import functools
 import inspect
+import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
 from ..context import reset_current, set_current
 from ..job import Job
+from ._pool import DaemonThreadPool
 from .base import CancelReason, Executor
 
 #: Whether ``asyncio.Task`` takes ``eager_start`` (Python 3.12+).
@@ -26,6 +29,8 @@ _EAGER = sys.version_info >= (3, 12)
 if TYPE_CHECKING:
     from ..queue import Queue
     from ..worker import Worker
+
+logger = logging.getLogger(__name__)
 
 
 class AsyncExecutor(Executor):
@@ -36,7 +41,9 @@ class AsyncExecutor(Executor):
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._reasons: dict[int, CancelReason] = {}
         self._sync_threads = sync_threads
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool: DaemonThreadPool | None = None
+        #: Jobs whose plain ``def`` function is running in a pool thread (touched only in the loop thread).
+        self._in_thread: set[int] = set()
         #: ``inspect.iscoroutinefunction`` per function, asked once rather than per job (~2 us).
         self._is_async: dict[Any, bool] = {}
 
@@ -66,7 +73,11 @@ class AsyncExecutor(Executor):
             if self._coroutine_function(func):
                 result = await func(*args, **kwargs)
             else:
-                result = await self._run_sync(func, args, kwargs)
+                self._in_thread.add(job.id)
+                try:
+                    result = await self._run_sync(func, args, kwargs)
+                finally:
+                    self._in_thread.discard(job.id)
             if result is not None and inspect.isawaitable(result):
                 result = await result
         except asyncio.CancelledError:
@@ -96,9 +107,7 @@ class AsyncExecutor(Executor):
 
     async def _run_sync(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self._sync_threads, thread_name_prefix=f"minijobs-{self.queue.name}"
-            )
+            self._pool = DaemonThreadPool(self._sync_threads, thread_name_prefix=f"minijobs-{self.queue.name}")
         call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
         return await self.worker.loop.run_in_executor(self._pool, call)
 
@@ -114,6 +123,12 @@ class AsyncExecutor(Executor):
 
     async def stop(self, *, grace_s: float) -> None:
         await self.wait_or_hurry(list(self._tasks.values()), grace_s)
+        if self._in_thread:
+            logger.warning(
+                "queue %s: %d plain def jobs are still running in their threads; their jobs are released and "
+                "whatever they return is discarded (threads cannot be killed)",
+                self.queue.name, len(self._in_thread),
+            )
         for job_id in list(self._tasks):
             self.cancel(job_id, reason="shutdown")
         if self._tasks:

@@ -1,4 +1,4 @@
-"""``ThreadExecutor``: jobs on a :class:`~concurrent.futures.ThreadPoolExecutor`, for blocking libraries.
+"""``ThreadExecutor``: jobs on a pool of threads, for blocking libraries.
 
 Plain ``def`` jobs run directly in a pool thread.  ``async def`` jobs run in
 that thread too, on an event loop the thread keeps for its whole life (one
@@ -11,6 +11,10 @@ turns True, ``current_job().check_cancelled()`` raises, and an ``async def``
 job also gets its task cancelled at its next ``await``.  A plain function that
 never checks keeps running; what it returns is discarded, and its thread keeps
 its slot until it returns (see :class:`~minijobs.ConcurrentExecutor`).
+
+The pool's threads are daemon threads (:class:`._pool.DaemonThreadPool`), so
+a job that never returns does not keep the process alive once the program is
+done: after a stop its job was already released or recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..context import reset_current, set_current
+from ._pool import DaemonThreadPool
 from .concurrent import Call, ConcurrentExecutor
 
 if TYPE_CHECKING:
@@ -50,9 +55,7 @@ class ThreadExecutor(ConcurrentExecutor):
         return 32
 
     def create_pool(self) -> concurrent.futures.Executor:
-        return concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.concurrency, thread_name_prefix=f"minijobs-{self.queue.name}"
-        )
+        return DaemonThreadPool(self.concurrency, thread_name_prefix=f"minijobs-{self.queue.name}")
 
     def submit(self, call: Call) -> None:
         func, args, kwargs = self.get_function_and_kwargs(call.job)
