@@ -748,17 +748,17 @@ class SQLiteStore:
             ).fetchone()
         return None if row is None else row[0]
 
-    def suspect_first(self, queue: str, *, now: float) -> bool:
-        """True when the first due job of ``queue`` in claim order is a suspect (``rescues > 0``).
+    def first_suspect(self, queue: str, *, now: float) -> int | None:
+        """The id of the first due job of ``queue`` in claim order if it is a suspect (``rescues > 0``).
 
         Such a job is claimed only by an idle executor (see :meth:`claim`); a
         busy worker uses this to tell that wait from work it simply missed.
         """
         with self._read("first due job") as conn:
             row = conn.execute(
-                f"SELECT rescues FROM minijobs_jobs WHERE id = ({_FIRST_DUE})", {"queue": queue, "now": now}
+                f"SELECT id, rescues FROM minijobs_jobs WHERE id = ({_FIRST_DUE})", {"queue": queue, "now": now}
             ).fetchone()
-        return row is not None and row[0] > 0
+        return row[0] if row is not None and row[1] > 0 else None
 
     # -- user operations on one job ----------------------------------------
 

@@ -557,13 +557,12 @@ class Worker:
                 # Due work left unclaimed.  Behind a suspect that waits for its busy executor to be
                 # idle (see ``_fill``) it waits for a completion, which wakes the loop: looking again
                 # in a millisecond would spin.  Only jobs that fall due later can end such a wait.
-                barred = [
-                    q for q in queues if not self._is_idle(self.executors[q]) and store.suspect_first(q, now=now)
-                ]
+                barred = self._held_back(queues, now)
                 if barred:
+                    open_queues = [q for q in queues if q not in barred]
                     due = min(
-                        (t for t in (store.next_due_at([q for q in queues if q not in barred]),
-                                     store.next_due_at(barred, after=now)) if t is not None),
+                        (t for t in (store.next_due_at(open_queues), store.next_due_at(barred, after=now))
+                         if t is not None),
                         default=None,
                     )
         except StoreError:
@@ -571,6 +570,24 @@ class Worker:
         if due is None:
             return MAX_IDLE_S
         return min(MAX_IDLE_S, max(0.001, due - now))
+
+    def _held_back(self, queues: list[str], now: float) -> list[str]:
+        """Queues whose busy executor waits to be idle because a suspect is first in line."""
+        barred: list[str] = []
+        for name in queues:
+            executor = self.executors[name]
+            if self._is_idle(executor):
+                continue
+            suspect = self.app.store.first_suspect(name, now=now)
+            if suspect is None:
+                continue
+            barred.append(name)
+            if suspect in executor.running:
+                # Our own stale attempt of it: this worker was frozen past its lease (suspend,
+                # SIGSTOP, starved loop) and the job was recovered.  Stop it now, as the next
+                # lease renewal would, so that the executor goes idle and the job runs again.
+                self._cancel_local(suspect, "lost")
+        return barred
 
     def _is_idle(self, executor: Executor) -> bool:
         """True when ``executor`` runs nothing (abandoned calls and deferred claims included)."""

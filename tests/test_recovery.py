@@ -183,10 +183,10 @@ def test_a_suspect_is_claimed_alone_and_only_by_an_idle_executor(db_path: Path) 
     suspect = noop.enqueue()
     make_suspect(app, clock, suspect)
     normal = [noop.enqueue().id for _ in range(3)]
-    assert app.store.suspect_first("default", now=clock.now())
+    assert app.store.first_suspect("default", now=clock.now()) == suspect.id
     assert claim(app, idle=False) == []  # a barrier: nothing behind the suspect either
     assert claim(app, idle=True) == [suspect.id]  # alone, though 100 were asked for
-    assert not app.store.suspect_first("default", now=clock.now())
+    assert app.store.first_suspect("default", now=clock.now()) is None
     assert claim(app, idle=False) == normal
 
 
@@ -198,7 +198,7 @@ def test_a_claim_stops_before_the_first_suspect_in_claim_order(db_path: Path) ->
     ahead = [noop.options(priority=5).enqueue().id for _ in range(2)]
     # Jobs ahead of the suspect flow; the suspect is not taken along, even by an idle executor.
     assert claim(app, idle=True) == ahead
-    assert app.store.suspect_first("default", now=clock.now())
+    assert app.store.first_suspect("default", now=clock.now()) == suspect.id
     assert claim(app, idle=False) == []
     assert claim(app, idle=True) == [suspect.id]
     assert claim(app, idle=True) == after
@@ -223,8 +223,9 @@ def test_normal_jobs_flow_when_no_suspect_is_due_in_their_queue(db_path: Path) -
     assert claim(app, idle=False) == normal
     assert claim(app, idle=False, queue="other") == []
     more = [noop.enqueue().id for _ in range(2)]
+    assert app.store.first_suspect("default", now=clock.now()) is None
     clock.advance(61)
-    assert app.store.suspect_first("default", now=clock.now())
+    assert app.store.first_suspect("default", now=clock.now()) == later.id
     assert claim(app, idle=False) == []  # due now: the barrier holds ``more`` back
     assert app.store.next_due_at(["default"]) < clock.now()  # due work waits behind it...
     assert app.store.next_due_at(["default"], after=clock.now()) is None  # ...and nothing falls due later
