@@ -101,6 +101,13 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX minijobs_jobs_finished;
     CREATE INDEX minijobs_jobs_finished ON minijobs_jobs (completed_at) WHERE completed_at IS NOT NULL;
     """,
+    # v3: runnable suspects (jobs rescued from a dead worker, see ``_CLAIM``) in claim order, so
+    # each claim finds the first one with one probe of a (nearly always empty) index.  Normal rows
+    # stop at ``rescues > 0`` when a claim or a finish evaluates the WHERE: no index write for them.
+    """
+    CREATE INDEX minijobs_jobs_suspects ON minijobs_jobs (queue, priority DESC, id)
+        WHERE rescues > 0 AND state IN ('pending', 'retrying');
+    """,
 )
 
 _JOB_COLUMNS = (
@@ -660,16 +667,23 @@ class SQLiteStore:
 
     # -- claim and finish --------------------------------------------------
 
-    def claim(self, queue: str, limit: int, *, owner: str, now: float, lease_s: float) -> list[Job]:
+    def claim(
+        self, queue: str, limit: int, *, owner: str, now: float, lease_s: float, idle: bool = True
+    ) -> list[Job]:
         """Atomically move up to ``limit`` due jobs of ``queue`` to running, leased to ``owner``.
 
         Highest priority first, then oldest id.  Paused queues yield nothing.
+        A suspect (a job with ``rescues > 0``) runs alone: the claim stops
+        before the first one; it returns the suspect by itself when the
+        suspect comes first and the caller runs nothing else of ``queue``
+        (``idle``), and nothing when it comes first and the caller is busy.
         """
         if limit <= 0:
             return []
         with self._read("claim") as conn:
             rows = conn.execute(
-                _CLAIM, {"queue": queue, "limit": limit, "owner": owner, "now": now, "expires": now + lease_s}
+                _CLAIM,
+                {"queue": queue, "limit": limit, "owner": owner, "now": now, "expires": now + lease_s, "idle": idle},
             ).fetchall()
         times: dict[float, datetime] = {}
         started_at = _when(now, times)
@@ -788,18 +802,34 @@ class SQLiteStore:
             )
             return cur.rowcount == 1
 
-    def next_due_at(self, queues: Sequence[str]) -> float | None:
-        """Earliest ``scheduled_at`` of a runnable job in ``queues`` (None if there is none)."""
+    def next_due_at(self, queues: Sequence[str], *, after: float | None = None) -> float | None:
+        """Earliest ``scheduled_at`` of a runnable job in ``queues`` (None if there is none).
+
+        With ``after``, only jobs scheduled later than that count.
+        """
         if not queues:
             return None
         marks = ",".join("?" * len(queues))
+        later = "" if after is None else " AND scheduled_at > ?"
         with self._read("next due time") as conn:
             row = conn.execute(
-                f"SELECT min(scheduled_at) FROM minijobs_jobs WHERE {_RUNNABLE} AND queue IN ({marks}) "
+                f"SELECT min(scheduled_at) FROM minijobs_jobs WHERE {_RUNNABLE} AND queue IN ({marks}){later} "
                 "AND queue NOT IN (SELECT name FROM minijobs_queues WHERE paused=1)",
-                tuple(queues),
+                (*queues, after) if after is not None else tuple(queues),
             ).fetchone()
         return None if row is None else row[0]
+
+    def first_suspect(self, queue: str, *, now: float) -> int | None:
+        """The id of the first due job of ``queue`` in claim order if it is a suspect (``rescues > 0``).
+
+        Such a job is claimed only by an idle executor (see :meth:`claim`); a
+        busy worker uses this to tell that wait from work it simply missed.
+        """
+        with self._read("first due job") as conn:
+            row = conn.execute(
+                f"SELECT id, rescues FROM minijobs_jobs WHERE id = ({_FIRST_DUE})", {"queue": queue, "now": now}
+            ).fetchone()
+        return row[0] if row is not None and row[1] > 0 else None
 
     # -- user operations on one job ----------------------------------------
 
@@ -1180,6 +1210,28 @@ _BULK_MIN_ROWS = 8
 _BULK_MAX_CHARS = 32_000_000
 _INSERT_UNIQUE = _INSERT + " ON CONFLICT DO NOTHING RETURNING id"
 
+#: The first due suspect of ``:queue`` in claim order, as ``(priority, -id)``: a row value that
+#: compares like the claim order, reversed.  Forced onto the suspects index: the runnable index
+#: also fits the query, and would scan the whole backlog of a queue without suspects.
+_FIRST_SUSPECT = f"""
+SELECT priority, -id FROM minijobs_jobs INDEXED BY minijobs_jobs_suspects
+WHERE queue=:queue AND rescues > 0 AND {_RUNNABLE} AND scheduled_at <= :now
+ORDER BY priority DESC, id LIMIT 1
+"""
+
+#: The first due job of ``:queue`` in claim order, suspect or not.
+_FIRST_DUE = f"""
+SELECT id FROM minijobs_jobs
+WHERE queue=:queue AND {_RUNNABLE} AND scheduled_at <= :now
+ORDER BY priority DESC, id LIMIT 1
+"""
+
+# A suspect (rescues > 0: it was running when a worker died, and may be what killed it) runs
+# alone.  The claim takes the due jobs before the first suspect, in claim order; the suspect
+# itself only when it comes first and the caller's executor is ``:idle``, and then alone (every
+# other candidate comes after it).  Both subqueries are uncorrelated, so SQLite runs each at
+# most once per claim; without suspects the first finds an empty index and ``coalesce`` lets
+# every row through without evaluating the second.
 _CLAIM = f"""
 UPDATE minijobs_jobs
 SET state='running', attempts=attempts+1, started_at=:now, lease_owner=:owner, lease_expires_at=:expires
@@ -1187,6 +1239,8 @@ WHERE id IN (
     SELECT id FROM minijobs_jobs
     WHERE queue=:queue AND {_RUNNABLE} AND scheduled_at <= :now
       AND NOT EXISTS (SELECT 1 FROM minijobs_queues WHERE name=:queue AND paused=1)
+      AND (coalesce((priority, -id) > ({_FIRST_SUSPECT}), 1)
+           OR (:idle AND rescues > 0 AND id = ({_FIRST_DUE})))
     ORDER BY priority DESC, id
     LIMIT :limit
 )

@@ -102,6 +102,9 @@ class Worker:
         self._released: list[int] = []
         #: Jobs claimed again while this worker's own stale attempt of them still runs (see ``_fill``).
         self._deferred: dict[int, tuple[Executor, Job]] = {}
+        #: Queues whose executor runs a suspect (a job rescued from a dead worker): nothing else is
+        #: claimed for them until their executor is idle again (see ``_fill``).
+        self._isolated: set[str] = set()
         self._progress: dict[int, tuple[Job, str]] = {}
         self._failure: JobFailedError | None = None
         self._stop_requested = False
@@ -418,7 +421,15 @@ class Worker:
         self.app.notify_finished(finished_ids)
 
     def _fill(self) -> tuple[int, list[str]]:
-        """Claim free slots of every queue; return (jobs claimed, names of queues left without due work)."""
+        """Claim free slots of every queue; return (jobs claimed, names of queues left without due work).
+
+        A suspect (``rescues > 0``: it was running when a worker died, and may
+        be what killed it) runs alone, so that a job that kills its process
+        takes no innocent job down with it a second time: the store claims it
+        only for an idle executor and by itself, and until the executor is idle
+        again this queue claims nothing more.  Idle means every slot free,
+        abandoned calls (which still run) included.
+        """
         if self._stop_requested:
             return 0, []
         claimed = 0
@@ -428,20 +439,29 @@ class Worker:
             free = executor.free_slots - sum(1 for e, _ in self._deferred.values() if e is executor)
             if free <= 0:
                 continue
-            jobs = self.app.store.claim(executor.queue.name, free, owner=self.id, now=now, lease_s=self.lease_s)
+            name = executor.queue.name
+            idle = free == executor.concurrency
+            if self._isolated and name in self._isolated:
+                if not idle:
+                    continue  # the suspect still runs; its end wakes the loop
+                self._isolated.discard(name)
+            jobs = self.app.store.claim(name, free, owner=self.id, now=now, lease_s=self.lease_s, idle=idle)
             for job in jobs:
+                if job.rescues:
+                    self._isolated.add(name)
                 if job.id in executor.running:
                     # This worker was frozen past its lease (suspend, SIGSTOP, starved loop): the job was
                     # recovered and claimed again by us while our stale attempt still runs.  Executors track
                     # one attempt per job id, so stop the stale one and start this one once it has ended.
+                    # (A recovered job is a suspect, claimed only by an idle executor: a safety net.)
                     self._cancel_local(job.id, "lost")
                     if job.id in executor.running:
                         self._deferred[job.id] = (executor, job)
                         continue
                 executor.push(job)
             claimed += len(jobs)
-            if len(jobs) < free:
-                exhausted.append(executor.queue.name)
+            if len(jobs) < free and name not in self._isolated:
+                exhausted.append(name)
         return claimed, exhausted
 
     def _in_flight(self) -> int:
@@ -536,14 +556,50 @@ class Worker:
             await self._sleep(timeout)
 
     def _until_next_due(self, queues: list[str]) -> float:
+        store = self.app.store
         try:
-            due = self.app.store.next_due_at(queues)
+            due = store.next_due_at(queues)
+            now = self.app.clock.now()
+            if due is not None and due <= now:
+                # Due work left unclaimed.  Behind a suspect that waits for its busy executor to be
+                # idle (see ``_fill``) it waits for a completion, which wakes the loop: looking again
+                # in a millisecond would spin.  Only jobs that fall due later can end such a wait.
+                barred = self._held_back(queues, now)
+                if barred:
+                    open_queues = [q for q in queues if q not in barred]
+                    due = min(
+                        (t for t in (store.next_due_at(open_queues), store.next_due_at(barred, after=now))
+                         if t is not None),
+                        default=None,
+                    )
         except StoreError:
             return 0.1
         if due is None:
             return MAX_IDLE_S
-        # A job already due but not claimed belongs to a paused queue; the resume commit wakes us.
-        return min(MAX_IDLE_S, max(0.001, due - self.app.clock.now()))
+        return min(MAX_IDLE_S, max(0.001, due - now))
+
+    def _held_back(self, queues: list[str], now: float) -> list[str]:
+        """Queues whose busy executor waits to be idle because a suspect is first in line."""
+        barred: list[str] = []
+        for name in queues:
+            executor = self.executors[name]
+            if self._is_idle(executor):
+                continue
+            suspect = self.app.store.first_suspect(name, now=now)
+            if suspect is None:
+                continue
+            barred.append(name)
+            if suspect in executor.running:
+                # Our own stale attempt of it: this worker was frozen past its lease (suspend,
+                # SIGSTOP, starved loop) and the job was recovered.  Stop it now, as the next
+                # lease renewal would, so that the executor goes idle and the job runs again.
+                self._cancel_local(suspect, "lost")
+        return barred
+
+    def _is_idle(self, executor: Executor) -> bool:
+        """True when ``executor`` runs nothing (abandoned calls and deferred claims included)."""
+        deferred = sum(1 for e, _ in self._deferred.values() if e is executor)
+        return executor.free_slots - deferred == executor.concurrency
 
     async def _sleep(self, timeout: float) -> None:
         if self._wake_event.is_set():

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 import minijobs
 from minijobs import Backoff, JobState, Progress
 from minijobs.executors._pool import DaemonThreadPool
+from minijobs.testing import FakeClock
 
 NOW = Backoff(base_s=0, jitter=0)  # retries due at once
 WAIT_S = 20.0  # generous bound on waits for things that take milliseconds
@@ -43,7 +45,13 @@ class Harness:
     """An app with one queue on the executor under test, plus event-driven waits."""
 
     def __init__(
-        self, db_path: Path, kind: str, concurrency: int = 2, plugins: Sequence[minijobs.Plugin] = (), **options: Any
+        self,
+        db_path: Path,
+        kind: str,
+        concurrency: int = 2,
+        plugins: Sequence[minijobs.Plugin] = (),
+        clock: FakeClock | None = None,
+        **options: Any,
     ) -> None:
         executor = EXECUTORS[kind]
         assert executor is not None
@@ -52,6 +60,7 @@ class Harness:
             db_path,
             queues=[minijobs.Queue("default", executor=executor, concurrency=concurrency, executor_options=options)],
             plugins=list(plugins),
+            clock=clock,
         )
         self._lock = threading.Lock()
         self._progress: dict[int, list[Progress]] = {}
@@ -179,6 +188,92 @@ def test_unencodable_result_fails_without_retry(harness_factory: Callable[..., H
         job = wait(bad.enqueue())
     assert (job.state, job.attempts) == (JobState.FAILED, 1)
     assert job.errors[0].type == "minijobs.PayloadTypeError"
+
+
+# -- suspects (jobs rescued from a dead worker) run alone, on every executor ---------------
+
+
+class StartLog(minijobs.Plugin):
+    """Notes, as each job starts, which jobs its executor runs already."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts: list[tuple[int, list[int]]] = []
+
+    @classmethod
+    def get_identifier(cls) -> str:
+        return "tests.start_log"
+
+    def on_job_starting(self, *, job: minijobs.Job, worker: minijobs.Worker) -> minijobs.Job:
+        self.starts.append((job.id, sorted(worker.executors[job.queue].running)))
+        return job
+
+
+def make_suspect(app: minijobs.App, clock: FakeClock, ref: minijobs.JobRef) -> None:
+    """Have ``ref`` (the first due job of its queue) lost with a dead worker and rescued once."""
+    (claimed,) = app.store.claim("default", 1, owner="dead-worker", now=clock.now(), lease_s=10)
+    assert claimed.id == ref.id
+    clock.advance(11)
+    assert app.store.recover_expired(now=clock.now(), max_rescues=3) == ([ref.id], [])
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_drain_runs_a_suspect_alone(harness_factory: Callable[..., Harness], kind: str) -> None:
+    clock = FakeClock()
+    log = StartLog()
+    h = harness_factory(kind, concurrency=4, plugins=[log], clock=clock)
+    add = h.register(jobs.add)
+    suspect = add.enqueue(1, 1)
+    make_suspect(h.app, clock, suspect)
+    behind = [add.enqueue(i, i).id for i in range(5)]
+    ahead = add.options(priority=5).enqueue(2, 2)
+    assert h.app.drain() == 7
+    assert [job_id for job_id, _ in log.starts[:2]] == [ahead.id, suspect.id]
+    beside = dict(log.starts)
+    assert beside[suspect.id] == []
+    assert not any(suspect.id in beside[job_id] for job_id in behind)
+    assert (suspect.get().state, suspect.get().rescues) == (JobState.SUCCEEDED, 1)
+
+
+@pytest.mark.parametrize("kind", STOPPABLE)
+def test_a_busy_worker_holds_back_at_a_suspect_then_runs_it_alone(
+    harness_factory: Callable[..., Harness], kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    log = StartLog()
+    h = harness_factory(kind, concurrency=4, plugins=[log], clock=clock)
+    add, block = h.register(jobs.add), h.register(jobs.block)
+    suspect = add.options(priority=5).enqueue(1, 1)
+    h.app.store.claim("default", 1, owner="dead-worker", now=clock.now(), lease_s=10)
+    claims = 0
+    claim = h.app.store.claim
+
+    def counted(*args: Any, **kwargs: Any) -> list[minijobs.Job]:
+        nonlocal claims
+        claims += 1
+        return claim(*args, **kwargs)
+
+    monkeypatch.setattr(h.app.store, "claim", counted)
+    with h.app.running():
+        busy = block.enqueue()
+        h.started(busy)
+        clock.advance(11)  # the dead worker's lease runs out: the suspect is first in line
+        assert h.app.store.recover_expired(now=clock.now(), max_rescues=3) == ([suspect.id], [])
+        behind = [add.enqueue(i, i) for i in range(3)]
+        ahead = block.options(priority=10).enqueue()
+        h.started(ahead)  # a claim ran with ``behind`` due and free slots: it stopped at the suspect
+        # Held back, the worker waits for a completion rather than looking again every
+        # millisecond: only real time can show that nothing happens.
+        before = claims
+        time.sleep(0.3)
+        assert claims - before < 10
+        busy.cancel()
+        ahead.cancel()
+        assert all(wait(ref).state is JobState.SUCCEEDED for ref in [suspect, *behind])
+    assert [job_id for job_id, _ in log.starts[:3]] == [busy.id, ahead.id, suspect.id]
+    beside = dict(log.starts)
+    assert beside[suspect.id] == []
+    assert not any(suspect.id in beside[ref.id] for ref in behind)
 
 
 # -- thread executor -------------------------------------------------------------------

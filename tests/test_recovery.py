@@ -15,6 +15,7 @@ import pytest
 import minijobs
 from minijobs import JobState
 from minijobs.plugins import Recovery
+from minijobs.store import Outcome
 from minijobs.testing import FakeClock
 
 WAIT_S = 10.0
@@ -148,3 +149,85 @@ def test_jobs_in_flight_on_a_killed_worker_process_are_recovered_by_another(
         jobs = [ref.wait(timeout_s=WAIT_S) for ref in refs]
     assert [j.result for j in jobs] == [0, 1, 4, 9]
     assert all(j.state is JobState.SUCCEEDED and j.attempts == 2 and j.rescues == 1 for j in jobs)
+
+
+# -- suspects: rescued jobs run alone ------------------------------------------------------
+
+
+def suspects_app(db_path: Path) -> tuple[minijobs.App, minijobs.JobFunction[..., None], FakeClock]:
+    clock = FakeClock()
+    app = minijobs.App(db_path, clock=clock, queues=[minijobs.Queue("default"), minijobs.Queue("other")])
+
+    @app.job
+    def noop() -> None:
+        return None
+
+    return app, noop, clock
+
+
+def make_suspect(app: minijobs.App, clock: FakeClock, ref: minijobs.JobRef) -> None:
+    """Have ``ref`` (the first due job of its queue) lost with a dead worker and rescued once."""
+    queue = ref.get().queue
+    (claimed,) = app.store.claim(queue, 1, owner="dead-worker", now=clock.now(), lease_s=10)
+    assert claimed.id == ref.id
+    clock.advance(11)
+    assert app.store.recover_expired(now=clock.now(), max_rescues=3) == ([ref.id], [])
+
+
+def claim(app: minijobs.App, *, idle: bool, queue: str = "default") -> list[int]:
+    return [j.id for j in app.store.claim(queue, 100, owner="w", now=app.clock.now(), lease_s=1000, idle=idle)]
+
+
+def test_a_suspect_is_claimed_alone_and_only_by_an_idle_executor(db_path: Path) -> None:
+    app, noop, clock = suspects_app(db_path)
+    suspect = noop.enqueue()
+    make_suspect(app, clock, suspect)
+    normal = [noop.enqueue().id for _ in range(3)]
+    assert app.store.first_suspect("default", now=clock.now()) == suspect.id
+    assert claim(app, idle=False) == []  # a barrier: nothing behind the suspect either
+    assert claim(app, idle=True) == [suspect.id]  # alone, though 100 were asked for
+    assert app.store.first_suspect("default", now=clock.now()) is None
+    assert claim(app, idle=False) == normal
+
+
+def test_a_claim_stops_before_the_first_suspect_in_claim_order(db_path: Path) -> None:
+    app, noop, clock = suspects_app(db_path)
+    suspect = noop.enqueue()
+    make_suspect(app, clock, suspect)
+    after = [noop.enqueue().id for _ in range(2)]
+    ahead = [noop.options(priority=5).enqueue().id for _ in range(2)]
+    # Jobs ahead of the suspect flow; the suspect is not taken along, even by an idle executor.
+    assert claim(app, idle=True) == ahead
+    assert app.store.first_suspect("default", now=clock.now()) == suspect.id
+    assert claim(app, idle=False) == []
+    assert claim(app, idle=True) == [suspect.id]
+    assert claim(app, idle=True) == after
+
+
+def test_normal_jobs_flow_when_no_suspect_is_due_in_their_queue(db_path: Path) -> None:
+    app, noop, clock = suspects_app(db_path)
+    running = noop.enqueue()
+    make_suspect(app, clock, running)
+    assert claim(app, idle=True) == [running.id]  # a suspect that runs (elsewhere) blocks nobody
+    elsewhere = noop.options(queue="other").enqueue()
+    make_suspect(app, clock, elsewhere)  # a due suspect in another queue blocks only that one
+    later = noop.enqueue()
+    make_suspect(app, clock, later)
+    # ``later`` fails an attempt as a suspect and retries in a minute: not due, so no barrier yet.
+    (claimed,) = app.store.claim("default", 1, owner="w", now=clock.now(), lease_s=1000)
+    retry_at = clock.now() + 60
+    error = '{"attempt": 2, "type": "E", "message": "", "traceback": "", "at": 0}'
+    assert app.store.finish([Outcome(job_id=later.id, owner="w", attempt=claimed.attempts, state=JobState.RETRYING,
+                                     completed_at=None, error=error, scheduled_at=retry_at)]) == [True]
+    normal = [noop.enqueue().id for _ in range(3)]
+    assert claim(app, idle=False) == normal
+    assert claim(app, idle=False, queue="other") == []
+    more = [noop.enqueue().id for _ in range(2)]
+    assert app.store.first_suspect("default", now=clock.now()) is None
+    clock.advance(61)
+    assert app.store.first_suspect("default", now=clock.now()) == later.id
+    assert claim(app, idle=False) == []  # due now: the barrier holds ``more`` back
+    assert app.store.next_due_at(["default"]) < clock.now()  # due work waits behind it...
+    assert app.store.next_due_at(["default"], after=clock.now()) is None  # ...and nothing falls due later
+    assert claim(app, idle=True) == [later.id]
+    assert claim(app, idle=False) == more

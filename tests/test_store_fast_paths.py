@@ -37,6 +37,7 @@ def test_v1_database_migrates_finished_index_and_keeps_rows(tmp_path: Path) -> N
     app.close()
     # Put the file back to schema v1 as an older minijobs left it.
     conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DROP INDEX minijobs_jobs_suspects")  # v3
     conn.execute("DROP INDEX minijobs_jobs_finished")
     conn.execute(
         "CREATE INDEX minijobs_jobs_finished ON minijobs_jobs (completed_at) "
@@ -48,6 +49,7 @@ def test_v1_database_migrates_finished_index_and_keeps_rows(tmp_path: Path) -> N
     app = minijobs.App(db)
     assert app.store.schema_version("minijobs") == len(MIGRATIONS) >= 2
     assert "completed_at IS NOT NULL" in _index_sql(db, "minijobs_jobs_finished")
+    assert "rescues > 0" in _index_sql(db, "minijobs_jobs_suspects")
     assert [app.get(r.id).result for r in refs] == [0, 1, 2]
     plan = app.store._conn.execute(
         "EXPLAIN QUERY PLAN SELECT id FROM minijobs_jobs "

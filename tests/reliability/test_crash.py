@@ -190,30 +190,42 @@ def test_worker_frozen_past_its_lease_reclaims_its_own_job_once(fleet: Fleet, ap
         assert len(report.executions(jid)) == 2, report.executions(jid)
 
 
-def test_poison_job_fails_after_max_rescues_while_other_jobs_flow(fleet: Fleet, app: App) -> None:
-    max_rescues = 2
-    # The poison job works a little, then kills its worker: jobs running beside it die too,
-    # but quick ones finish before the crash, so innocents are not rescued over and over.
-    (poison,) = enqueue(fleet, app, {"sleep_s": 0.2, "die": True}, 1)
-    normal = enqueue(fleet, app, {"sleep_s": 0.01}, 100)
-    args = ("--queue", "default:8", "--lease-s", LEASE, "--recovery-interval-s", "0.1", "--max-rescues", str(max_rescues))
-    workers = [fleet.worker(*args) for _ in range(2)]
-    deaths = 0
+class Replacing:
+    """Workers that a poison job keeps killing: each dead one (SIGKILL, counted) gets a fresh successor."""
 
-    def replace_the_dead() -> None:
-        nonlocal deaths
-        for i, proc in enumerate(workers):
+    def __init__(self, fleet: Fleet, n: int, *args: str) -> None:
+        self.fleet, self.args = fleet, args
+        self.procs = [fleet.worker(*args) for _ in range(n)]
+        self.deaths = 0
+
+    def replace_the_dead(self) -> None:
+        for i, proc in enumerate(self.procs):
             if not proc.alive():
                 assert proc.wait() == -signal.SIGKILL
-                deaths += 1
-                workers[i] = fleet.worker(*args)
+                self.deaths += 1
+                self.procs[i] = self.fleet.worker(*self.args)
 
-    deadline = time.monotonic() + 60
-    while not app.store.state_of(poison).is_terminal:
-        assert time.monotonic() < deadline, "the poison job was never given up"
-        replace_the_dead()
-        time.sleep(0.02)
-    replace_the_dead()  # the last victim died before its job was given up
+    def until(self, predicate: Any, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            self.replace_the_dead()
+            time.sleep(0.02)
+
+
+def poison_args(max_rescues: int) -> tuple[str, ...]:
+    return ("--queue", "default:8", "--lease-s", LEASE, "--recovery-interval-s", "0.1",
+            "--max-rescues", str(max_rescues))
+
+
+def test_poison_job_fails_after_max_rescues_while_other_jobs_flow(fleet: Fleet, app: App) -> None:
+    max_rescues = 2
+    # The poison job works a little, then kills its worker, and every job running beside it.
+    (poison,) = enqueue(fleet, app, {"sleep_s": 0.2, "die": True}, 1)
+    normal = enqueue(fleet, app, {"sleep_s": 0.01}, 100)
+    workers = Replacing(fleet, 2, *poison_args(max_rescues))
+    workers.until(lambda: app.store.state_of(poison).is_terminal, "the poison job to be given up")
+    workers.replace_the_dead()  # the last victim died before its job was given up
     later = enqueue(fleet, app, {"sleep_s": 0.01}, 50)
     wait_until(lambda: settled(app, normal + later), what="the other jobs to finish")
 
@@ -223,5 +235,37 @@ def test_poison_job_fails_after_max_rescues_while_other_jobs_flow(fleet: Fleet, 
     assert len(report.executions(poison)) == max_rescues + 1
     (error,) = app.get(poison).errors
     assert error.type == "minijobs.PoisonJobError" and "giving up" in error.message
-    assert all(p.alive() for p in workers), "a poisoned job must not kill workers after it failed"
-    assert deaths == max_rescues + 1
+    assert all(p.alive() for p in workers.procs), "a poisoned job must not kill workers after it failed"
+    assert workers.deaths == max_rescues + 1
+
+
+def test_jobs_that_shared_a_worker_with_a_poison_job_are_rescued_at_most_once(fleet: Fleet, app: App) -> None:
+    # Issue 6 ("collateral poisoning"): the first crash takes down the jobs running beside the
+    # poison job, and all of them come back as suspects.  Each suspect then runs alone, so only
+    # the poison itself kills workers again and reaches max_rescues; before, jobs claimed beside
+    # it again and again were failed as poison pills too.
+    max_rescues = 2
+    (poison,) = enqueue(fleet, app, {"sleep_s": 0.1, "die": True}, 1)
+    innocent = enqueue(fleet, app, {"sleep_s": 0.3}, 30)  # slow enough to be running when the poison strikes
+    workers = Replacing(fleet, 2, *poison_args(max_rescues))
+    workers.until(lambda: settled(app, [poison, *innocent]), "every job to end")
+
+    report = ledger.check(fleet.db, fleet.ledger_dir, expect={poison: "failed"})
+    assert states(app, innocent) == {"succeeded": 30}
+    rescued = [i for i in innocent if report.rows[i].rescues]
+    assert rescued, "no innocent job ran beside the poison job: the scenario did not happen"
+    assert {report.rows[i].rescues for i in rescued} == {1}
+    row = report.rows[poison]
+    assert (row.state, row.rescues) == ("failed", max_rescues + 1)
+    (error,) = app.get(poison).errors
+    assert error.type == "minijobs.PoisonJobError"
+    runs = report.executions(poison)
+    assert len(runs) == workers.deaths == max_rescues + 1
+    # Once a suspect, the poison ran alone: nothing else ran in the processes it killed.
+    for run in runs[1:]:
+        end = report.history.death(run.pid) or float("inf")
+        beside = [
+            e for job_id in innocent for e in report.executions(job_id)
+            if e.pid == run.pid and e.start < end and (e.end is None or e.end > run.start)
+        ]
+        assert beside == [], f"poison attempt {run.attempt} ran beside {beside}"
