@@ -656,7 +656,7 @@ class SQLiteStore:
                 out.append((found[0], True))
                 continue
             existing = conn.execute(
-                f"SELECT id FROM minijobs_jobs WHERE unique_key=? AND state IN ('pending','running','retrying')",
+                "SELECT id FROM minijobs_jobs WHERE unique_key=? AND state IN ('pending','running','retrying')",
                 (row.unique_key,),
             ).fetchone()
             if existing is None:  # pragma: no cover - the index conflict guarantees a live row
