@@ -417,25 +417,19 @@ class App:
         else:
             scheduled = now
         meta = "{}" if not spec.meta else payload.encode(dict(spec.meta), what="meta", max_bytes=self.max_payload_bytes)
+        # Positional: NewJob's field order (name, queue, payload, priority, max_attempts, timeout_s,
+        # scheduled_at, created_at, unique_key, meta); keywords cost ~0.5 us more per enqueue.
         return NewJob(
-            name=function.name,
-            queue=spec.queue,
-            payload=text,
-            priority=spec.priority,
-            max_attempts=spec.max_attempts,
-            timeout_s=spec.timeout_s,
-            scheduled_at=scheduled,
-            created_at=now,
-            unique_key=spec.unique_key,
-            meta=meta,
+            function.name, spec.queue, text, spec.priority, spec.max_attempts, spec.timeout_s,
+            scheduled, now, spec.unique_key, meta,
         )
 
     def _enqueue_one(self, function: JobFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], spec: JobSpec) -> JobRef:
-        row = self._new_row(function, args, kwargs, spec, self.clock.now())
-        ((job_id, created),) = self.store.enqueue([row])
-        self._after_enqueue([job_id] if created else [])
-        if self._eager_hook is not None and created:
-            self._eager_hook([job_id])
+        job_id, created = self.store.enqueue_one(self._new_row(function, args, kwargs, spec, self.clock.now()))
+        if created:
+            self._after_enqueue([job_id])
+            if self._eager_hook is not None:
+                self._eager_hook([job_id])
         return JobRef(self, job_id, created=created)
 
     def enqueue_many(

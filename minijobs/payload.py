@@ -113,18 +113,30 @@ def _maybe_lossy(value: Any) -> bool:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
-def _call_maybe_lossy(args: list[Any], kwargs: dict[str, Any]) -> bool:
-    """:func:`_maybe_lossy` for a call's arguments, with a loop-only path for flat arguments."""
+def _call_is_clean(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], text: str) -> bool:
+    """True if a call's arguments (encoded as ``text``) round-trip exactly and are not nested too deep.
+
+    Flat arguments (plain scalars only, the usual call) need one loop and no
+    depth count: their JSON is two levels deep.
+    """
     plain = _PLAIN
+    if type(kwargs) is not dict:
+        return False
+    flat = True
     for item in args:
         if type(item) not in plain:
-            return _maybe_lossy(args) or _maybe_lossy(kwargs)
-    if type(kwargs) is not dict:
+            flat = False
+            break
+    if flat:
+        for key, item in kwargs.items():
+            if type(item) not in plain or type(key) is not str:
+                flat = False
+                break
+    if flat:
         return True
-    for key, item in kwargs.items():
-        if type(item) not in plain or type(key) is not str:
-            return _maybe_lossy(kwargs)
-    return False
+    if text.count("[") + text.count("{") > MAX_DEPTH:
+        return False
+    return not (_maybe_lossy(list(args)) or _maybe_lossy(kwargs))
 
 
 def _explain_roots(value: Any, what: str, roots: dict[str, Any] | None) -> None:
@@ -176,11 +188,10 @@ def _check_depth(value: Any, what: str) -> None:
 
 def encode_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *, max_bytes: int) -> str:
     """Encode a job's arguments as the stored payload ``{"args": [...], "kwargs": {...}}``."""
-    args = list(args)
-    value = {"args": args, "kwargs": kwargs}
-    # Fast path for the usual clean payload; anything suspicious goes through encode() for its message.
+    # Fast path for the usual clean payload (the C encoder writes a tuple as a JSON array, so
+    # ``args`` is not copied); anything suspicious goes through encode() for its message.
     try:
-        text = _encode(value)
+        text = _encode({"args": args, "kwargs": kwargs})
     except (TypeError, ValueError, RecursionError):
         text = None
     if text is not None:
@@ -191,9 +202,11 @@ def encode_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *, ma
                 size = len(text.encode())
             except UnicodeEncodeError:  # a lone surrogate: encode() says so, after the other checks
                 size = max_bytes + 1
-        if size <= max_bytes and text.count("[") + text.count("{") <= MAX_DEPTH and not _call_maybe_lossy(args, kwargs):
+        if size <= max_bytes and _call_is_clean(args, kwargs, text):
             return text
-    return encode(value, what="job arguments", max_bytes=max_bytes, roots={"args": args, "kwargs": kwargs})
+    args = list(args)  # a tuple argument list would be reported as a tuple
+    return encode({"args": args, "kwargs": kwargs}, what="job arguments", max_bytes=max_bytes,
+                  roots={"args": args, "kwargs": kwargs})
 
 
 def encode_calls(calls: Sequence[tuple[Sequence[Any], dict[str, Any]]], *, max_bytes: int) -> str | None:

@@ -97,17 +97,17 @@ def test_one_shot_prune_batches_until_done_and_cleans_plugins(db_path: Path) -> 
     assert prune(app).jobs == 0
     clock.advance(6)
     report = prune(app)
-    assert report.jobs == 50 and report.complete
+    assert report.jobs == 49 and report.complete  # the newest job stays: it holds the highest id
     assert report.plugins == {"tests.notes": 3} and notes.cleanups == 2
     assert report.checkpoint is not None and len(report.checkpoint) == 3
     assert prune(app, cleanup=False).plugins == {} and notes.cleanups == 2
     # Explicit settings win over the app's Pruner.
     app.enqueue_many([ok.prepare() for _ in range(3)])
     app.drain()
-    assert prune(app).jobs == 0
+    assert prune(app).jobs == 1  # the previous newest job, no longer the newest
     assert prune(app, Pruner(keep_s=None)).jobs == 0
     clock.advance(1)
-    assert prune(app, Pruner(keep_s=0.5)).jobs == 3
+    assert prune(app, Pruner(keep_s=0.5)).jobs == 2  # all three but the newest
 
 
 def test_a_pass_stops_at_its_time_budget(db_path: Path) -> None:
@@ -142,9 +142,9 @@ def test_the_pruner_runs_on_the_leader_driven_by_the_app_clock(db_path: Path) ->
                 assert time.monotonic() < deadline, "the pruner never ran"
                 clock.advance(10)
         assert worker.is_leader
-    assert event.data["jobs"] == 5 and event.data["complete"]
+    assert event.data["jobs"] == 4 and event.data["complete"]  # the newest job stays: it holds the highest id
     assert event.data["plugins"] == {"tests.notes": 3}
-    assert app.store.count_by_state()[JobState.SUCCEEDED] == 0
+    assert app.store.count_by_state()[JobState.SUCCEEDED] == 1
 
 
 def test_the_wal_is_truncated_when_idle_and_over_the_limit(db_path: Path) -> None:
@@ -159,7 +159,7 @@ def test_the_wal_is_truncated_when_idle_and_over_the_limit(db_path: Path) -> Non
     assert pruner.checkpoint(app, idle=False) is not None and wal.stat().st_size == busy_wal  # passive: no shrink
     clock.advance(2)
     report = prune(app)
-    assert report.jobs == 500 and report.checkpoint is not None and report.checkpoint[0] == 0
+    assert report.jobs == 499 and report.checkpoint is not None and report.checkpoint[0] == 0  # newest stays
     assert os.path.getsize(wal) == 0
 
 

@@ -57,7 +57,8 @@ def test_v1_database_migrates_finished_index_and_keeps_rows(tmp_path: Path) -> N
         (1e12,),
     ).fetchall()
     assert any("minijobs_jobs_finished" in row[-1] for row in plan)
-    assert app.store.prune(before=1e12) == 3
+    assert app.store.prune(before=1e12) == 2  # the newest job stays: it holds the highest id
+    assert [job.id for job in app.jobs()] == [refs[-1].id]
     app.close()
 
 

@@ -15,6 +15,9 @@ one comes a second later.  After each pass the pruner calls every plugin's
 this worker is idle and the WAL file grew past ``wal_truncate_bytes`` it
 truncates it (``PRAGMA wal_checkpoint(TRUNCATE)``).
 
+The job with the highest id is never deleted (see :meth:`SQLiteStore.prune
+<minijobs.store.SQLiteStore.prune>`): that keeps job ids from being reused.
+
 It runs on the leader only.  :func:`prune` does one complete pass on demand
 (for a CLI or a cron job) with the app's Pruner settings.
 """
