@@ -101,6 +101,21 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX minijobs_jobs_finished;
     CREATE INDEX minijobs_jobs_finished ON minijobs_jobs (completed_at) WHERE completed_at IS NOT NULL;
     """,
+    # v3: jobs scheduled ahead (delays, retry backoff) are kept out of the runnable index, or
+    # every claim and every idle wake-up walks all of them: ``waiting = 1`` marks a runnable
+    # row written with ``scheduled_at`` in the future, and the claim first promotes the due
+    # ones of its queue (``waiting = 0``) through their own index on ``(queue, scheduled_at)``.
+    # A wrong flag is only slower, never wrong: the claim still checks ``scheduled_at``.
+    # Runnable rows already scheduled ahead (by the wall clock) start out waiting.
+    """
+    ALTER TABLE minijobs_jobs ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX minijobs_jobs_runnable;
+    UPDATE minijobs_jobs SET waiting = 1
+        WHERE state IN ('pending', 'retrying') AND scheduled_at > (julianday('now') - 2440587.5) * 86400.0;
+    CREATE INDEX minijobs_jobs_runnable ON minijobs_jobs (queue, priority DESC, id, scheduled_at)
+        WHERE state IN ('pending', 'retrying') AND waiting = 0;
+    CREATE INDEX minijobs_jobs_waiting ON minijobs_jobs (queue, scheduled_at) WHERE waiting = 1;
+    """,
 )
 
 _JOB_COLUMNS = (
@@ -115,6 +130,9 @@ _CLAIMED_COLUMNS = (
 )
 
 _RUNNABLE = "state IN ('pending', 'retrying')"
+#: Due waiting rows promoted per claim at most, so that one claim never does unbounded work
+#: (a million jobs falling due at once are promoted over many claims, earliest first).
+_PROMOTE_LIMIT = 1000
 
 
 class NewJob(NamedTuple):
@@ -664,13 +682,15 @@ class SQLiteStore:
         """Atomically move up to ``limit`` due jobs of ``queue`` to running, leased to ``owner``.
 
         Highest priority first, then oldest id.  Paused queues yield nothing.
+        Jobs of ``queue`` that were waiting and are now due are promoted first,
+        in the same transaction (up to ``_PROMOTE_LIMIT`` per claim).
         """
         if limit <= 0:
             return []
-        with self._read("claim") as conn:
-            rows = conn.execute(
-                _CLAIM, {"queue": queue, "limit": limit, "owner": owner, "now": now, "expires": now + lease_s}
-            ).fetchall()
+        params = {"queue": queue, "limit": limit, "owner": owner, "now": now, "expires": now + lease_s}
+        with self._write("claim") as conn:
+            conn.execute(_PROMOTE, params)
+            rows = conn.execute(_CLAIM, params).fetchall()
         times: dict[float, datetime] = {}
         started_at = _when(now, times)
         jobs: list[Job] = []
@@ -789,14 +809,25 @@ class SQLiteStore:
             return cur.rowcount == 1
 
     def next_due_at(self, queues: Sequence[str]) -> float | None:
-        """Earliest ``scheduled_at`` of a runnable job in ``queues`` (None if there is none)."""
+        """Earliest ``scheduled_at`` of a runnable job in ``queues`` (None if there is none).
+
+        Waiting jobs take one seek per queue in their index (the paused check
+        comes first, or a paused queue's waiting rows would all be read);
+        ready jobs are few when a worker is idle.
+        """
         if not queues:
             return None
-        marks = ",".join("?" * len(queues))
+        marks = ",".join(f"?{n}" for n in range(1, len(queues) + 1))
+        waiting = "".join(
+            f" UNION ALL SELECT (SELECT min(scheduled_at) FROM minijobs_jobs WHERE waiting=1 AND queue=?{n}) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM minijobs_queues WHERE name=?{n} AND paused=1)"
+            for n in range(1, len(queues) + 1)
+        )
         with self._read("next due time") as conn:
             row = conn.execute(
-                f"SELECT min(scheduled_at) FROM minijobs_jobs WHERE {_RUNNABLE} AND queue IN ({marks}) "
-                "AND queue NOT IN (SELECT name FROM minijobs_queues WHERE paused=1)",
+                f"SELECT min(t) FROM (SELECT min(scheduled_at) AS t FROM minijobs_jobs "
+                f"WHERE {_RUNNABLE} AND waiting=0 AND queue IN ({marks}) "
+                f"AND queue NOT IN (SELECT name FROM minijobs_queues WHERE paused=1){waiting})",
                 tuple(queues),
             ).fetchone()
         return None if row is None else row[0]
@@ -812,7 +843,8 @@ class SQLiteStore:
             state = row[4]
             if state in ("pending", "retrying"):
                 conn.execute(
-                    "UPDATE minijobs_jobs SET state='cancelled', completed_at=?, cancel_requested=1 WHERE id=?",
+                    "UPDATE minijobs_jobs SET state='cancelled', completed_at=?, cancel_requested=1, waiting=0 "
+                    "WHERE id=?",
                     (now, job_id),
                 )
             elif state == "running":
@@ -831,7 +863,7 @@ class SQLiteStore:
             try:
                 conn.execute(
                     "UPDATE minijobs_jobs SET state='pending', scheduled_at=?, completed_at=NULL, cancel_requested=0, "
-                    "max_attempts=max(max_attempts, attempts + 1) WHERE id=?",
+                    "max_attempts=max(max_attempts, attempts + 1), waiting=0 WHERE id=?",
                     (now, job_id),
                 )
             except sqlite3.IntegrityError:
@@ -928,7 +960,10 @@ class SQLiteStore:
         """Earliest ``scheduled_at`` among runnable jobs already due (None if none waits): the queue lag."""
         with self._read("oldest due job") as conn:
             row = conn.execute(
-                f"SELECT min(scheduled_at) FROM minijobs_jobs WHERE {_RUNNABLE} AND scheduled_at <= ?", (now,)
+                f"SELECT min(t) FROM (SELECT min(scheduled_at) AS t FROM minijobs_jobs "
+                f"WHERE {_RUNNABLE} AND waiting=0 AND scheduled_at <= ?1 "
+                "UNION ALL SELECT min(scheduled_at) FROM minijobs_jobs WHERE waiting=1 AND scheduled_at <= ?1)",
+                (now,),
             ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
@@ -1166,26 +1201,36 @@ def _split_sql(script: str) -> list[str]:
     return [part.strip() for part in script.split(";") if part.strip()]
 
 
+# A job enqueued for later (scheduled_at > created_at, the enqueue time) is written waiting.
 _INSERT = (
     "INSERT INTO minijobs_jobs (name, queue, payload, state, priority, max_attempts, timeout_s, scheduled_at, "
-    "created_at, unique_key, meta) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
+    "created_at, unique_key, meta, waiting) VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?7 > ?8)"
 )
 _INSERT_RETURNING = _INSERT + " RETURNING id"
 _INSERT_FROM_JSON = (
     "INSERT INTO minijobs_jobs (name, queue, payload, state, priority, max_attempts, timeout_s, scheduled_at, "
-    "created_at, unique_key, meta) SELECT ?, ?, value, 'pending', ?, ?, ?, ?, ?, NULL, ? FROM json_each(?)"
+    "created_at, unique_key, meta, waiting) "
+    "SELECT ?1, ?2, value, 'pending', ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?6 > ?7 FROM json_each(?9)"
 )
 #: Runs shorter than this use executemany; longer ones are split to stay far below SQLite's string limit.
 _BULK_MIN_ROWS = 8
 _BULK_MAX_CHARS = 32_000_000
 _INSERT_UNIQUE = _INSERT + " ON CONFLICT DO NOTHING RETURNING id"
 
+#: Runs before each claim, in its transaction: when nothing is due it is one seek in the waiting index.
+_PROMOTE = f"""
+UPDATE minijobs_jobs SET waiting=0
+WHERE id IN (
+    SELECT id FROM minijobs_jobs WHERE queue=:queue AND waiting=1 AND scheduled_at <= :now LIMIT {_PROMOTE_LIMIT}
+)
+"""
+
 _CLAIM = f"""
 UPDATE minijobs_jobs
 SET state='running', attempts=attempts+1, started_at=:now, lease_owner=:owner, lease_expires_at=:expires
 WHERE id IN (
     SELECT id FROM minijobs_jobs
-    WHERE queue=:queue AND {_RUNNABLE} AND scheduled_at <= :now
+    WHERE queue=:queue AND {_RUNNABLE} AND waiting=0 AND scheduled_at <= :now
       AND NOT EXISTS (SELECT 1 FROM minijobs_queues WHERE name=:queue AND paused=1)
     ORDER BY priority DESC, id
     LIMIT :limit
@@ -1199,11 +1244,14 @@ SET state=?, result=?, completed_at=?, lease_owner=NULL, lease_expires_at=NULL
 WHERE id=? AND lease_owner=? AND attempts=? AND state='running'
 """
 
+# A job sent back to its queue for later (retry backoff) waits: scheduled after its attempt started
+# means ahead of now but for a zero delay, and a due row flagged waiting costs only its promotion.
 _FINISH = """
 UPDATE minijobs_jobs
-SET state=?, result=?,
-    errors=CASE WHEN ? IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?)) END,
-    scheduled_at=COALESCE(?, scheduled_at), completed_at=?, progress=COALESCE(?, progress),
-    lease_owner=NULL, lease_expires_at=NULL
-WHERE id=? AND lease_owner=? AND attempts=? AND state='running'
+SET state=?1, result=?2,
+    errors=CASE WHEN ?3 IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?4)) END,
+    scheduled_at=COALESCE(?5, scheduled_at), completed_at=?6, progress=COALESCE(?7, progress),
+    lease_owner=NULL, lease_expires_at=NULL,
+    waiting=(?1 IN ('pending', 'retrying') AND COALESCE(?5, scheduled_at) > started_at)
+WHERE id=?8 AND lease_owner=?9 AND attempts=?10 AND state='running'
 """

@@ -16,6 +16,18 @@ from minijobs.store import MIGRATIONS, Outcome
 from minijobs.testing import FakeClock
 
 
+def undo_v3(conn: sqlite3.Connection) -> None:
+    """Take a file's jobs table back from schema v3 (the ``waiting`` column) to v2."""
+    conn.execute("DROP INDEX minijobs_jobs_waiting")
+    conn.execute("DROP INDEX minijobs_jobs_runnable")
+    conn.execute("ALTER TABLE minijobs_jobs DROP COLUMN waiting")
+    conn.execute(
+        "CREATE INDEX minijobs_jobs_runnable ON minijobs_jobs (queue, priority DESC, id, scheduled_at) "
+        "WHERE state IN ('pending', 'retrying')"
+    )
+    conn.execute("UPDATE minijobs_schema SET version=2 WHERE component='minijobs'")
+
+
 def _index_sql(path: Path, name: str) -> str:
     conn = sqlite3.connect(path)
     try:
@@ -35,8 +47,9 @@ def test_v1_database_migrates_finished_index_and_keeps_rows(tmp_path: Path) -> N
     refs = [work.enqueue(i) for i in range(3)]
     assert app.drain() == 3
     app.close()
-    # Put the file back to schema v1 as an older minijobs left it.
+    # Put the file back to schema v1 as an older minijobs left it (v3 undone first).
     conn = sqlite3.connect(db, isolation_level=None)
+    undo_v3(conn)
     conn.execute("DROP INDEX minijobs_jobs_finished")
     conn.execute(
         "CREATE INDEX minijobs_jobs_finished ON minijobs_jobs (completed_at) "
