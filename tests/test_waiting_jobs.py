@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import minijobs
-from minijobs.store import _CLAIM, _PROMOTE, _PROMOTE_LIMIT, Outcome
+from minijobs.store import _CLAIM, _DUE_WAITING, _PROMOTE, _PROMOTE_LIMIT, Outcome
 from minijobs.testing import FakeClock
 
 
@@ -161,8 +161,10 @@ def test_due_job_behind_50k_delayed_jobs_is_claimed_in_bounded_steps(app: minijo
     due = noop.enqueue(-1)
     conn = app.store._conn
     params = {"queue": "default", "limit": 10, "owner": "w", "now": clock.now(), "expires": clock.now() + 60}
+    probe_plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + _DUE_WAITING, params))
     promote_plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + _PROMOTE, params))
     claim_plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + _CLAIM, params))
+    assert "minijobs_jobs_waiting (queue=? AND scheduled_at<?)" in probe_plan
     assert "minijobs_jobs_waiting (queue=? AND scheduled_at<?)" in promote_plan
     assert "minijobs_jobs_runnable (queue=?)" in claim_plan
 
