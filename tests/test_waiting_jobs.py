@@ -180,6 +180,19 @@ def test_due_job_behind_50k_delayed_jobs_is_claimed_in_bounded_steps(app: minijo
     assert steps < 10, steps
 
 
+def test_a_due_waiting_job_does_not_make_the_claim_walk_the_ready_jobs(app: minijobs.App, clock: FakeClock) -> None:
+    noop = _noop(app)
+    app.enqueue_many([noop.prepare(i) for i in range(50_000)])
+    late = noop.options(priority=1, delay_s=5).enqueue()
+    assert _claim_ids(app, limit=1) == [1]
+    clock.advance(5)
+    # The claim holds back while ``late`` waits past its time; that check must not run per ready row.
+    claimed, steps = _count_steps(app, lambda: _claim_ids(app, limit=1))
+    assert claimed == [late.id]
+    assert steps < 50, steps
+    assert _claim_ids(app, limit=2) == [2, 3]
+
+
 def test_promotion_is_bounded_per_claim_and_drains_earliest_first(app: minijobs.App, clock: FakeClock) -> None:
     noop = _noop(app)
     n = _PROMOTE_LIMIT * 2 + 10
