@@ -106,12 +106,13 @@ MIGRATIONS: tuple[str, ...] = (
     # row written with ``scheduled_at`` in the future, and the claim first promotes the due
     # ones of its queue (``waiting = 0``) through their own index on ``(queue, scheduled_at)``.
     # A wrong flag is only slower, never wrong: the claim still checks ``scheduled_at``.
-    # Runnable rows already scheduled ahead (by the wall clock) start out waiting.
+    # Runnable rows already scheduled ahead (by the wall clock) start out waiting; the old
+    # runnable index finds them, so they are flagged before it is dropped.
     """
     ALTER TABLE minijobs_jobs ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;
-    DROP INDEX minijobs_jobs_runnable;
     UPDATE minijobs_jobs SET waiting = 1
         WHERE state IN ('pending', 'retrying') AND scheduled_at > (julianday('now') - 2440587.5) * 86400.0;
+    DROP INDEX minijobs_jobs_runnable;
     CREATE INDEX minijobs_jobs_runnable ON minijobs_jobs (queue, priority DESC, id, scheduled_at)
         WHERE state IN ('pending', 'retrying') AND waiting = 0;
     CREATE INDEX minijobs_jobs_waiting ON minijobs_jobs (queue, scheduled_at) WHERE waiting = 1;
