@@ -683,14 +683,14 @@ class SQLiteStore:
         """Atomically move up to ``limit`` due jobs of ``queue`` to running, leased to ``owner``.
 
         Highest priority first, then oldest id.  Paused queues yield nothing.
-        Jobs of ``queue`` that were waiting and are now due are promoted first
-        (up to ``_PROMOTE_LIMIT`` per claim), in the claim's transaction.
+        Due jobs of ``queue`` that still wait are promoted first (up to
+        ``_PROMOTE_LIMIT`` per claim), so they compete on priority.
 
         The usual claim is one autocommit statement, as cheap as before the
-        waiting index: it takes nothing while a due job still waits, and only
-        then (or when it found nothing at all) does a probe decide whether
-        to promote and claim again; an explicit transaction every time would
-        cost ~4 us per claim.
+        waiting index (a transaction around a promotion and the claim would
+        cost ~4 us every time): it takes nothing while a due job still waits,
+        and when it took nothing a probe decides whether to promote and claim
+        again, in one transaction.
         """
         if limit <= 0:
             return []
@@ -1262,8 +1262,9 @@ SET state=?, result=?, completed_at=?, lease_owner=NULL, lease_expires_at=NULL
 WHERE id=? AND lease_owner=? AND attempts=? AND state='running'
 """
 
-# A job sent back to its queue for later (retry backoff) waits: scheduled after its attempt started
-# means ahead of now but for a zero delay, and a due row flagged waiting costs only its promotion.
+# A job sent back to its queue for later (retry backoff) is written waiting.  The attempt's start
+# stands in for now: only a zero delay can schedule it no later, and a due row flagged waiting
+# costs just its promotion.
 _FINISH = """
 UPDATE minijobs_jobs
 SET state=?1, result=?2,
