@@ -520,9 +520,10 @@ def _connect(path: Path) -> sqlite3.Connection:
 _BACKLOG_SQL = """
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count)
 INSERT INTO minijobs_jobs (name, queue, payload, state, priority, attempts, max_attempts, scheduled_at, created_at,
-                           started_at, completed_at)
+                           started_at, completed_at, waiting)
 SELECT :name, 'default', '{"args":[' || i || '],"kwargs":{}}', :state, 0, :attempts, 1, :due, :now,
-       CASE WHEN :state = 'succeeded' THEN :now END, CASE WHEN :state = 'succeeded' THEN :now END
+       CASE WHEN :state = 'succeeded' THEN :now END, CASE WHEN :state = 'succeeded' THEN :now END,
+       :state = 'pending' AND :due > :now
 FROM n
 """
 

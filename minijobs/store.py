@@ -168,6 +168,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX minijobs_jobs_suspects ON minijobs_jobs (queue, priority DESC, id)
         WHERE rescues > 0 AND state IN ('pending', 'retrying');
     """,
+    # v5: jobs scheduled ahead (delays, retry backoff) are kept out of the runnable index, or
+    # every claim and every idle wake-up walks all of them: ``waiting = 1`` marks a runnable
+    # row written with ``scheduled_at`` in the future, and the claim first promotes the due
+    # ones of its queue (``waiting = 0``) through their own index on ``(queue, scheduled_at)``.
+    # A wrong flag is only slower, never wrong: the claim still checks ``scheduled_at``.
+    # Runnable rows already scheduled ahead (by the wall clock) start out waiting; the old
+    # runnable index finds them, so they are flagged before it is dropped.
+    """
+    ALTER TABLE minijobs_jobs ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;
+    UPDATE minijobs_jobs SET waiting = 1
+        WHERE state IN ('pending', 'retrying') AND scheduled_at > (julianday('now') - 2440587.5) * 86400.0;
+    DROP INDEX minijobs_jobs_runnable;
+    CREATE INDEX minijobs_jobs_runnable ON minijobs_jobs (queue, priority DESC, id, scheduled_at)
+        WHERE state IN ('pending', 'retrying') AND waiting = 0;
+    CREATE INDEX minijobs_jobs_waiting ON minijobs_jobs (queue, scheduled_at) WHERE waiting = 1;
+    """,
 )
 
 _JOB_COLUMNS = (
@@ -182,6 +198,9 @@ _CLAIMED_COLUMNS = (
 )
 
 _RUNNABLE = "state IN ('pending', 'retrying')"
+#: Due waiting rows promoted per claim at most, so that one claim never does unbounded work
+#: (a million jobs falling due at once are promoted over many claims, earliest first).
+_PROMOTE_LIMIT = 1000
 
 
 class NewJob(NamedTuple):
@@ -755,14 +774,26 @@ class SQLiteStore:
         before the first one; it returns the suspect by itself when the
         suspect comes first and the caller runs nothing else of ``queue``
         (``idle``), and nothing when it comes first and the caller is busy.
+
+        Due jobs of ``queue`` that still wait are promoted first (up to
+        ``_PROMOTE_LIMIT`` per claim), so they compete on priority.
+
+        The usual claim is one autocommit statement, as cheap as before the
+        waiting index (a transaction around a promotion and the claim would
+        cost ~4 us every time): it takes nothing while a due job still waits,
+        and when it took nothing a probe decides whether to promote and claim
+        again, in one transaction.
         """
         if limit <= 0:
             return []
+        params = {"queue": queue, "limit": limit, "owner": owner, "now": now, "expires": now + lease_s, "idle": idle}
         with self._read("claim") as conn:
-            rows = conn.execute(
-                _CLAIM,
-                {"queue": queue, "limit": limit, "owner": owner, "now": now, "expires": now + lease_s, "idle": idle},
-            ).fetchall()
+            rows = conn.execute(_CLAIM, params).fetchall()
+            promote = not rows and conn.execute(_DUE_WAITING, params).fetchone() is not None
+        if promote:
+            with self._write("promote and claim") as conn:
+                conn.execute(_PROMOTE, params)
+                rows = conn.execute(_CLAIM_PROMOTED, params).fetchall()
         times: dict[float, datetime] = {}
         started_at = _when(now, times)
         jobs: list[Job] = []
@@ -883,16 +914,26 @@ class SQLiteStore:
     def next_due_at(self, queues: Sequence[str], *, after: float | None = None) -> float | None:
         """Earliest ``scheduled_at`` of a runnable job in ``queues`` (None if there is none).
 
-        With ``after``, only jobs scheduled later than that count.
+        With ``after``, only jobs scheduled later than that count.  Waiting jobs
+        take one seek per queue in their index (the paused check comes first, or
+        a paused queue's waiting rows would all be read); ready jobs are few
+        when a worker is idle.
         """
         if not queues:
             return None
-        marks = ",".join("?" * len(queues))
-        later = "" if after is None else " AND scheduled_at > ?"
+        n_queues = len(queues)
+        marks = ",".join(f"?{n}" for n in range(1, n_queues + 1))
+        later = "" if after is None else f" AND scheduled_at > ?{n_queues + 1}"
+        waiting = "".join(
+            f" UNION ALL SELECT (SELECT min(scheduled_at) FROM minijobs_jobs WHERE waiting=1 AND queue=?{n}{later}) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM minijobs_queues WHERE name=?{n} AND paused=1)"
+            for n in range(1, n_queues + 1)
+        )
         with self._read("next due time") as conn:
             row = conn.execute(
-                f"SELECT min(scheduled_at) FROM minijobs_jobs WHERE {_RUNNABLE} AND queue IN ({marks}){later} "
-                "AND queue NOT IN (SELECT name FROM minijobs_queues WHERE paused=1)",
+                f"SELECT min(t) FROM (SELECT min(scheduled_at) AS t FROM minijobs_jobs "
+                f"WHERE {_RUNNABLE} AND waiting=0 AND queue IN ({marks}){later} "
+                f"AND queue NOT IN (SELECT name FROM minijobs_queues WHERE paused=1){waiting})",
                 (*queues, after) if after is not None else tuple(queues),
             ).fetchone()
         return None if row is None else row[0]
@@ -920,7 +961,8 @@ class SQLiteStore:
             state = row[4]
             if state in ("pending", "retrying"):
                 conn.execute(
-                    "UPDATE minijobs_jobs SET state='cancelled', completed_at=?, cancel_requested=1 WHERE id=?",
+                    "UPDATE minijobs_jobs SET state='cancelled', completed_at=?, cancel_requested=1, waiting=0 "
+                    "WHERE id=?",
                     (now, job_id),
                 )
             elif state == "running":
@@ -939,7 +981,7 @@ class SQLiteStore:
             try:
                 conn.execute(
                     "UPDATE minijobs_jobs SET state='pending', scheduled_at=?, completed_at=NULL, cancel_requested=0, "
-                    "max_attempts=max(max_attempts, attempts + 1) WHERE id=?",
+                    "max_attempts=max(max_attempts, attempts + 1), waiting=0 WHERE id=?",
                     (now, job_id),
                 )
             except sqlite3.IntegrityError:
@@ -1036,7 +1078,10 @@ class SQLiteStore:
         """Earliest ``scheduled_at`` among runnable jobs already due (None if none waits): the queue lag."""
         with self._read("oldest due job") as conn:
             row = conn.execute(
-                f"SELECT min(scheduled_at) FROM minijobs_jobs WHERE {_RUNNABLE} AND scheduled_at <= ?", (now,)
+                f"SELECT min(t) FROM (SELECT min(scheduled_at) AS t FROM minijobs_jobs "
+                f"WHERE {_RUNNABLE} AND waiting=0 AND scheduled_at <= ?1 "
+                "UNION ALL SELECT min(scheduled_at) FROM minijobs_jobs WHERE waiting=1 AND scheduled_at <= ?1)",
+                (now,),
             ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
@@ -1112,7 +1157,7 @@ class SQLiteStore:
 
         ``exclude_queues`` spares queues that have their own retention (the Pruner's per-queue rules).
         The job with the highest id is never deleted: the jobs table has no AUTOINCREMENT (schema
-        v3), so SQLite gives a new job ``max(id) + 1``, and deleting the newest row would hand its
+        v4), so SQLite gives a new job ``max(id) + 1``, and deleting the newest row would hand its
         id to the next job, where a stale :class:`~minijobs.JobRef` would find a different job.
         """
         terminal = [s for s in states if s in ("succeeded", "failed", "cancelled")]
@@ -1279,20 +1324,34 @@ def _split_sql(script: str) -> list[str]:
     return [part.strip() for part in script.split(";") if part.strip()]
 
 
+# A job enqueued for later (scheduled_at > created_at, the enqueue time) is written waiting.
 _INSERT = (
     "INSERT INTO minijobs_jobs (name, queue, payload, state, priority, max_attempts, timeout_s, scheduled_at, "
-    "created_at, unique_key, meta) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
+    "created_at, unique_key, meta, waiting) VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?7 > ?8)"
 )
 _INSERT_RETURNING = _INSERT + " RETURNING id"
 _INSERT_FROM_JSON = (
     "INSERT INTO minijobs_jobs (name, queue, payload, state, priority, max_attempts, timeout_s, scheduled_at, "
-    "created_at, unique_key, meta) SELECT ?, ?, value, 'pending', ?, ?, ?, ?, ?, NULL, ? FROM json_each(?)"
+    "created_at, unique_key, meta, waiting) "
+    "SELECT ?1, ?2, value, 'pending', ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?6 > ?7 FROM json_each(?9)"
 )
 #: Runs shorter than this use executemany; longer ones are split to stay far below SQLite's string limit.
 _BULK_MIN_ROWS = 8
 _BULK_MAX_CHARS = 32_000_000
 _INSERT_IF_FREE = _INSERT + " ON CONFLICT DO NOTHING"
 _INSERT_UNIQUE = _INSERT_IF_FREE + " RETURNING id"
+
+#: Whether a job of the queue is due but still waiting: one seek in the waiting index.
+_DUE_WAITING = "SELECT 1 FROM minijobs_jobs WHERE queue=:queue AND waiting=1 AND scheduled_at <= :now LIMIT 1"
+#: A claim takes nothing while a due job still waits, so that it is promoted and competes on
+#: priority; in LIMIT, the probe runs once before the scan (in WHERE it would run on every row).
+_CLAIM_LIMIT = f"CASE WHEN EXISTS ({_DUE_WAITING}) THEN 0 ELSE :limit END"
+_PROMOTE = f"""
+UPDATE minijobs_jobs SET waiting=0
+WHERE id IN (
+    SELECT id FROM minijobs_jobs WHERE queue=:queue AND waiting=1 AND scheduled_at <= :now LIMIT {_PROMOTE_LIMIT}
+)
+"""
 
 #: The first due suspect of ``:queue`` in claim order, as ``(priority, -id)``: a row value that
 #: compares like the claim order, reversed.  Forced onto the suspects index: the runnable index
@@ -1306,7 +1365,7 @@ ORDER BY priority DESC, id LIMIT 1
 #: The first due job of ``:queue`` in claim order, suspect or not.
 _FIRST_DUE = f"""
 SELECT id FROM minijobs_jobs
-WHERE queue=:queue AND {_RUNNABLE} AND scheduled_at <= :now
+WHERE queue=:queue AND {_RUNNABLE} AND waiting=0 AND scheduled_at <= :now
 ORDER BY priority DESC, id LIMIT 1
 """
 
@@ -1321,15 +1380,18 @@ UPDATE minijobs_jobs
 SET state='running', attempts=attempts+1, started_at=:now, lease_owner=:owner, lease_expires_at=:expires
 WHERE id IN (
     SELECT id FROM minijobs_jobs
-    WHERE queue=:queue AND {_RUNNABLE} AND scheduled_at <= :now
+    WHERE queue=:queue AND {_RUNNABLE} AND waiting=0 AND scheduled_at <= :now
       AND NOT EXISTS (SELECT 1 FROM minijobs_queues WHERE name=:queue AND paused=1)
       AND (coalesce((priority, -id) > ({_FIRST_SUSPECT}), 1)
            OR (:idle AND rescues > 0 AND id = ({_FIRST_DUE})))
     ORDER BY priority DESC, id
-    LIMIT :limit
+    LIMIT {_CLAIM_LIMIT}
 )
 RETURNING {_CLAIMED_COLUMNS}
 """
+#: The claim right after a promotion: more due jobs may still wait (a promotion is bounded),
+#: and they must not hold back the ones just promoted.
+_CLAIM_PROMOTED = _CLAIM.replace(_CLAIM_LIMIT, ":limit")
 
 _FINISH_PLAIN = """
 UPDATE minijobs_jobs
@@ -1337,11 +1399,15 @@ SET state=?, result=?, completed_at=?, lease_owner=NULL, lease_expires_at=NULL
 WHERE id=? AND lease_owner=? AND attempts=? AND state='running'
 """
 
+# A job sent back to its queue for later (retry backoff) is written waiting.  The attempt's start
+# stands in for now: only a zero delay can schedule it no later, and a due row flagged waiting
+# costs just its promotion.
 _FINISH = """
 UPDATE minijobs_jobs
-SET state=?, result=?,
-    errors=CASE WHEN ? IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?)) END,
-    scheduled_at=COALESCE(?, scheduled_at), completed_at=?, progress=COALESCE(?, progress),
-    lease_owner=NULL, lease_expires_at=NULL
-WHERE id=? AND lease_owner=? AND attempts=? AND state='running'
+SET state=?1, result=?2,
+    errors=CASE WHEN ?3 IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?4)) END,
+    scheduled_at=COALESCE(?5, scheduled_at), completed_at=?6, progress=COALESCE(?7, progress),
+    lease_owner=NULL, lease_expires_at=NULL,
+    waiting=(?1 IN ('pending', 'retrying') AND COALESCE(?5, scheduled_at) > started_at)
+WHERE id=?8 AND lease_owner=?9 AND attempts=?10 AND state='running'
 """

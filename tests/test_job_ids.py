@@ -103,12 +103,16 @@ def test_v2_database_migrates_without_autoincrement_keeping_rows_indexes_and_the
 
     app, wait = _app(db)
     app.open()
-    assert app.store.schema_version("minijobs") == len(MIGRATIONS) == 4
+    assert app.store.schema_version("minijobs") == len(MIGRATIONS) == 5
     assert "AUTOINCREMENT" not in _jobs_sql(db)
     indexes_after = _indexes(db)
     assert "rescues > 0" in indexes_after.pop("minijobs_jobs_suspects")  # added by v3, kept by the v4 rebuild
+    assert "waiting = 1" in indexes_after.pop("minijobs_jobs_waiting")  # v5
+    assert "waiting = 0" in indexes_after.pop("minijobs_jobs_runnable")  # v5
+    del indexes_before["minijobs_jobs_runnable"]
     assert indexes_after == indexes_before
-    assert _table(db, "SELECT * FROM minijobs_jobs WHERE id <= 6 ORDER BY id") == rows_before
+    # Every column as it was; v5 appended ``waiting`` (0 here: nothing is scheduled ahead of the wall clock).
+    assert _table(db, "SELECT * FROM minijobs_jobs WHERE id <= 6 ORDER BY id") == [(*r, 0) for r in rows_before]
     assert app.store.integrity_check() == ["ok"]
     # The old high-water mark survives as a finished placeholder at id 9.
     placeholder = app.get(9)

@@ -225,8 +225,8 @@ def test_normal_jobs_flow_when_no_suspect_is_due_in_their_queue(db_path: Path) -
     more = [noop.enqueue().id for _ in range(2)]
     assert app.store.first_suspect("default", now=clock.now()) is None
     clock.advance(61)
+    assert claim(app, idle=False) == []  # due now (the claim promotes the waiting retry): the barrier holds ``more`` back
     assert app.store.first_suspect("default", now=clock.now()) == later.id
-    assert claim(app, idle=False) == []  # due now: the barrier holds ``more`` back
     assert app.store.next_due_at(["default"]) < clock.now()  # due work waits behind it...
     assert app.store.next_due_at(["default"], after=clock.now()) is None  # ...and nothing falls due later
     assert claim(app, idle=True) == [later.id]

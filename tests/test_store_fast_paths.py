@@ -16,6 +16,18 @@ from minijobs.store import MIGRATIONS, Outcome
 from minijobs.testing import FakeClock
 
 
+def undo_waiting(conn: sqlite3.Connection) -> None:
+    """Take a file's jobs table back from before the ``waiting`` column (schema v5)."""
+    conn.execute("DROP INDEX minijobs_jobs_waiting")
+    conn.execute("DROP INDEX minijobs_jobs_runnable")
+    conn.execute("ALTER TABLE minijobs_jobs DROP COLUMN waiting")
+    conn.execute(
+        "CREATE INDEX minijobs_jobs_runnable ON minijobs_jobs (queue, priority DESC, id, scheduled_at) "
+        "WHERE state IN ('pending', 'retrying')"
+    )
+    conn.execute("UPDATE minijobs_schema SET version=4 WHERE component='minijobs'")
+
+
 def _index_sql(path: Path, name: str) -> str:
     conn = sqlite3.connect(path)
     try:
@@ -35,8 +47,9 @@ def test_v1_database_migrates_finished_index_and_keeps_rows(tmp_path: Path) -> N
     refs = [work.enqueue(i) for i in range(3)]
     assert app.drain() == 3
     app.close()
-    # Put the file back to schema v1 as an older minijobs left it.
+    # Put the file back to schema v1 as an older minijobs left it (v3 undone first).
     conn = sqlite3.connect(db, isolation_level=None)
+    undo_waiting(conn)  # the waiting flag (schema v5)
     conn.execute("DROP INDEX minijobs_jobs_suspects")  # v3
     conn.execute("DROP INDEX minijobs_jobs_finished")
     conn.execute(
