@@ -1345,7 +1345,11 @@ _INSERT_UNIQUE = _INSERT_IF_FREE + " RETURNING id"
 _DUE_WAITING = "SELECT 1 FROM minijobs_jobs WHERE queue=:queue AND waiting=1 AND scheduled_at <= :now LIMIT 1"
 #: A claim takes nothing while a due job still waits, so that it is promoted and competes on
 #: priority; in LIMIT, the probe runs once before the scan (in WHERE it would run on every row).
-_CLAIM_LIMIT = f"CASE WHEN EXISTS ({_DUE_WAITING}) THEN 0 ELSE :limit END"
+#: A paused queue yields nothing; checked here too, once, rather than per row in WHERE, where a
+#: paused queue with a backlog would cost a walk over all of it on every claim.
+_PAUSED = "SELECT 1 FROM minijobs_queues WHERE name=:queue AND paused=1"
+_CLAIM_LIMIT = f"CASE WHEN EXISTS ({_PAUSED}) OR EXISTS ({_DUE_WAITING}) THEN 0 ELSE :limit END"
+_CLAIM_LIMIT_PROMOTED = f"CASE WHEN EXISTS ({_PAUSED}) THEN 0 ELSE :limit END"
 _PROMOTE = f"""
 UPDATE minijobs_jobs SET waiting=0
 WHERE id IN (
@@ -1381,7 +1385,6 @@ SET state='running', attempts=attempts+1, started_at=:now, lease_owner=:owner, l
 WHERE id IN (
     SELECT id FROM minijobs_jobs
     WHERE queue=:queue AND {_RUNNABLE} AND waiting=0 AND scheduled_at <= :now
-      AND NOT EXISTS (SELECT 1 FROM minijobs_queues WHERE name=:queue AND paused=1)
       AND (coalesce((priority, -id) > ({_FIRST_SUSPECT}), 1)
            OR (:idle AND rescues > 0 AND id = ({_FIRST_DUE})))
     ORDER BY priority DESC, id
@@ -1391,7 +1394,7 @@ RETURNING {_CLAIMED_COLUMNS}
 """
 #: The claim right after a promotion: more due jobs may still wait (a promotion is bounded),
 #: and they must not hold back the ones just promoted.
-_CLAIM_PROMOTED = _CLAIM.replace(_CLAIM_LIMIT, ":limit")
+_CLAIM_PROMOTED = _CLAIM.replace(_CLAIM_LIMIT, _CLAIM_LIMIT_PROMOTED)
 
 _FINISH_PLAIN = """
 UPDATE minijobs_jobs

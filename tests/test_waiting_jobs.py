@@ -316,3 +316,18 @@ def test_v4_database_migrates_to_waiting_flags_and_keeps_rows(db_path: Path) -> 
     assert [job.id for job in app.store.claim("default", 10, owner="w", now=app.clock.now(), lease_s=60)] == [due.id]
     assert app.store.claim("default", 10, owner="w", now=app.clock.now() + 3600, lease_s=60)[0].id == ahead.id
     app.close()
+
+
+def test_claim_on_a_paused_queue_with_a_backlog_takes_bounded_steps(app: minijobs.App, clock: FakeClock) -> None:
+    """A paused queue is checked once per claim, not once per ready row of its backlog."""
+    noop = _noop(app)
+    app.enqueue_many([noop.prepare(i) for i in range(50_000)])
+    app.enqueue_many([noop.options(delay_s=10).prepare(i) for i in range(10)])
+    app.pause_queue("default")
+    clock.advance(11)  # the delayed ones are due too: promotion must not open the pause either
+    claimed, steps = _count_steps(app, lambda: _claim_ids(app, limit=100))
+    assert claimed == []
+    assert steps < 50, steps  # walking 50,000 index entries takes thousands of hundreds
+    app.resume_queue("default")
+    assert len(_claim_ids(app, limit=100)) == 100
+
