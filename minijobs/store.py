@@ -1343,11 +1343,11 @@ _INSERT_UNIQUE = _INSERT_IF_FREE + " RETURNING id"
 
 #: Whether a job of the queue is due but still waiting: one seek in the waiting index.
 _DUE_WAITING = "SELECT 1 FROM minijobs_jobs WHERE queue=:queue AND waiting=1 AND scheduled_at <= :now LIMIT 1"
-#: A claim takes nothing while a due job still waits, so that it is promoted and competes on
-#: priority; in LIMIT, the probe runs once before the scan (in WHERE it would run on every row).
-#: A paused queue yields nothing; checked here too, once, rather than per row in WHERE, where a
-#: paused queue with a backlog would cost a walk over all of it on every claim.
 _PAUSED = "SELECT 1 FROM minijobs_queues WHERE name=:queue AND paused=1"
+#: A claim takes nothing from a paused queue, and nothing while a due job still waits, so that it
+#: is promoted and competes on priority.  Both are checked in LIMIT, where SQLite evaluates them
+#: once before the scan; in WHERE they would run on every row (a paused queue with a backlog
+#: cost a walk over all of it on every claim).
 _CLAIM_LIMIT = f"CASE WHEN EXISTS ({_PAUSED}) OR EXISTS ({_DUE_WAITING}) THEN 0 ELSE :limit END"
 _CLAIM_LIMIT_PROMOTED = f"CASE WHEN EXISTS ({_PAUSED}) THEN 0 ELSE :limit END"
 _PROMOTE = f"""

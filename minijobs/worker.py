@@ -436,7 +436,7 @@ class Worker:
         exhausted: list[str] = []
         now = self.app.clock.now()
         for executor in self.executors.values():
-            free = executor.free_slots - sum(1 for e, _ in self._deferred.values() if e is executor)
+            free = self._free_slots(executor)
             if free <= 0:
                 continue
             name = executor.queue.name
@@ -596,10 +596,13 @@ class Worker:
                 self._cancel_local(suspect, "lost")
         return barred
 
+    def _free_slots(self, executor: Executor) -> int:
+        """Slots of ``executor`` free for new claims: a deferred claim (see ``_fill``) holds one."""
+        return executor.free_slots - sum(1 for e, _ in self._deferred.values() if e is executor)
+
     def _is_idle(self, executor: Executor) -> bool:
         """True when ``executor`` runs nothing (abandoned calls and deferred claims included)."""
-        deferred = sum(1 for e, _ in self._deferred.values() if e is executor)
-        return executor.free_slots - deferred == executor.concurrency
+        return self._free_slots(executor) == executor.concurrency
 
     async def _sleep(self, timeout: float) -> None:
         if self._wake_event.is_set():
