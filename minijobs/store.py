@@ -795,7 +795,7 @@ class SQLiteStore:
                 conn.execute(_PROMOTE, params)
                 rows = conn.execute(_CLAIM_PROMOTED, params).fetchall()
         times: dict[float, datetime] = {}
-        started_at = _when(now, times)
+        started_at = times[now] = datetime.fromtimestamp(now, UTC)
         jobs: list[Job] = []
         damaged: list[tuple[int, int, str]] = []
         for row in rows:

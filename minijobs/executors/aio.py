@@ -90,10 +90,10 @@ class AsyncExecutor(Executor):
                 timer.cancel()
             reset_current(token)
             self._tasks.pop(job.id, None)
-        reason = self._reasons.pop(job.id, None)
-        if exc is None and reason is not None:
+        stopped_for = self._reasons.pop(job.id, None)
+        if exc is None and stopped_for is not None:
             # The job swallowed its cancellation; the reason still decides the outcome.
-            exc = self.exception_for(reason, job)
+            exc = self.exception_for(stopped_for, job)
         self.on_job_completed(job, exc=exc, result=result)
 
     def _coroutine_function(self, func: Any) -> bool:
