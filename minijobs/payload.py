@@ -113,26 +113,28 @@ def _maybe_lossy(value: Any) -> bool:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
-def _call_is_clean(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], text: str) -> bool:
-    """True if a call's arguments (encoded as ``text``) round-trip exactly and are not nested too deep.
+def _is_flat(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> bool:
+    """True if every argument is a plain scalar and every keyword a ``str`` of a real ``dict``.
 
-    Flat arguments (plain scalars only, the usual call) need one loop and no
-    depth count: their JSON is two levels deep.
+    Such a call needs no lossiness or depth check: its JSON is exact and two levels deep.
     """
-    plain = _PLAIN
     if type(kwargs) is not dict:
         return False
-    flat = True
+    plain = _PLAIN
     for item in args:
         if type(item) not in plain:
-            flat = False
-            break
-    if flat:
-        for key, item in kwargs.items():
-            if type(item) not in plain or type(key) is not str:
-                flat = False
-                break
-    if flat:
+            return False
+    for key, item in kwargs.items():
+        if type(item) not in plain or type(key) is not str:
+            return False
+    return True
+
+
+def _call_is_clean(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], text: str) -> bool:
+    """True if a call's arguments (encoded as ``text``) round-trip exactly and are not nested too deep."""
+    if type(kwargs) is not dict:
+        return False
+    if _is_flat(args, kwargs):
         return True
     if text.count("[") + text.count("{") > MAX_DEPTH:
         return False
@@ -218,18 +220,11 @@ def encode_calls(calls: Sequence[tuple[Sequence[Any], dict[str, Any]]], *, max_b
     ``max_bytes`` (then every payload does).  Anything else returns None and
     the caller encodes call by call, which raises the precise errors.
     """
-    plain = _PLAIN
     values: list[dict[str, Any]] = []
     append = values.append
     for args, kwargs in calls:
-        if type(kwargs) is not dict:
+        if not _is_flat(args, kwargs):
             return None
-        for item in args:
-            if type(item) not in plain:
-                return None
-        for key, item in kwargs.items():
-            if type(item) not in plain or type(key) is not str:
-                return None
         append({"args": list(args), "kwargs": kwargs})
     try:
         text = _encode(values)
