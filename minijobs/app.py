@@ -418,10 +418,10 @@ class App:
             scheduled = now
         meta = "{}" if not spec.meta else payload.encode(dict(spec.meta), what="meta", max_bytes=self.max_payload_bytes)
         # Positional: NewJob's field order (name, queue, payload, priority, max_attempts, timeout_s,
-        # scheduled_at, created_at, unique_key, meta); keywords cost ~0.5 us more per enqueue.
+        # scheduled_at, created_at, unique_key, meta, waiting); keywords cost more per enqueue.
         return NewJob(
             function.name, spec.queue, text, spec.priority, spec.max_attempts, spec.timeout_s,
-            scheduled, now, spec.unique_key, meta,
+            scheduled, now, spec.unique_key, meta, scheduled > now,
         )
 
     def _enqueue_one(self, function: JobFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], spec: JobSpec) -> JobRef:
@@ -483,7 +483,7 @@ class App:
                 start += len(chunk)
         for request in group[start:]:
             text = encode_call(request.args, request.kwargs, max_bytes=max_bytes)
-            rows.append(NewJob(row[0], row[1], text, row[3], row[4], row[5], row[6], row[7], row[8], row[9]))
+            rows.append(NewJob(row[0], row[1], text, *row[3:]))
 
     async def enqueue_many_async(self, requests: Iterable[EnqueueRequest]) -> list[JobRef]:
         return self.enqueue_many(requests)

@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -221,6 +222,8 @@ class NewJob(NamedTuple):
     created_at: float
     unique_key: str | None
     meta: str
+    #: Whether the job starts out scheduled ahead (``scheduled_at > created_at``), see schema v5.
+    waiting: bool
 
 
 class Outcome(NamedTuple):
@@ -484,6 +487,7 @@ class SQLiteStore:
                 self.migrate_component("minijobs", MIGRATIONS)
                 # One cursor for every single enqueue: Connection.execute makes a new one per call.
                 self._enqueue_cursor = self._conn.cursor()
+                self._finalizer = _closing_finalizer(self, self._conn, self._lock)
                 return
             except (sqlite3.Error, StoreError) as exc:
                 with contextlib.suppress(Exception):
@@ -577,6 +581,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         with self._lock:
+            self._finalizer.detach()
             self._conn.close()
 
     def open_watcher(self) -> ChangeWatcher | None:
@@ -828,12 +833,12 @@ class SQLiteStore:
             return []
         params = [
             (o.state.value, o.result, o.error, o.error, o.scheduled_at, o.completed_at, o.progress,
-             o.job_id, o.owner, o.attempt)
+             o.state.value, o.scheduled_at, o.job_id, o.owner, o.attempt)
             for o in outcomes
         ]
         # Plain ends (no error, no retry time, no progress: most successes) take a statement
-        # that leaves errors, scheduled_at and progress alone, ~2 us cheaper per row.
-        simple = [(p[0], p[1], p[5], p[7], p[8], p[9]) for p in params if p[2] is None and p[4] is None and p[6] is None]
+        # that leaves errors, scheduled_at and progress alone.
+        simple = [(p[0], p[1], p[5], p[9], p[10], p[11]) for p in params if p[2] is None and p[4] is None and p[6] is None]
         general = params if not simple else [p for p in params if not (p[2] is None and p[4] is None and p[6] is None)]
         with self._write("finish jobs") as conn:
             if len(params) == 1:
@@ -921,20 +926,24 @@ class SQLiteStore:
         """
         if not queues:
             return None
-        n_queues = len(queues)
-        marks = ",".join(f"?{n}" for n in range(1, n_queues + 1))
-        later = "" if after is None else f" AND scheduled_at > ?{n_queues + 1}"
+        # Named parameters (q0, q1, ...; ``after``): each queue name is used twice.
+        params: dict[str, Any] = {f"q{n}": name for n, name in enumerate(queues)}
+        marks = ",".join(f":q{n}" for n in range(len(queues)))
+        later = ""
+        if after is not None:
+            later = " AND scheduled_at > :after"
+            params["after"] = after
         waiting = "".join(
-            f" UNION ALL SELECT (SELECT min(scheduled_at) FROM minijobs_jobs WHERE waiting=1 AND queue=?{n}{later}) "
-            f"WHERE NOT EXISTS (SELECT 1 FROM minijobs_queues WHERE name=?{n} AND paused=1)"
-            for n in range(1, n_queues + 1)
+            f" UNION ALL SELECT (SELECT min(scheduled_at) FROM minijobs_jobs WHERE waiting=1 AND queue=:q{n}{later}) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM minijobs_queues WHERE name=:q{n} AND paused=1)"
+            for n in range(len(queues))
         )
         with self._read("next due time") as conn:
             row = conn.execute(
                 f"SELECT min(t) FROM (SELECT min(scheduled_at) AS t FROM minijobs_jobs "
                 f"WHERE {_RUNNABLE} AND waiting=0 AND queue IN ({marks}){later} "
                 f"AND queue NOT IN (SELECT name FROM minijobs_queues WHERE paused=1){waiting})",
-                (*queues, after) if after is not None else tuple(queues),
+                params,
             ).fetchone()
         return None if row is None else row[0]
 
@@ -1079,9 +1088,9 @@ class SQLiteStore:
         with self._read("oldest due job") as conn:
             row = conn.execute(
                 f"SELECT min(t) FROM (SELECT min(scheduled_at) AS t FROM minijobs_jobs "
-                f"WHERE {_RUNNABLE} AND waiting=0 AND scheduled_at <= ?1 "
-                "UNION ALL SELECT min(scheduled_at) FROM minijobs_jobs WHERE waiting=1 AND scheduled_at <= ?1)",
-                (now,),
+                f"WHERE {_RUNNABLE} AND waiting=0 AND scheduled_at <= :now "
+                "UNION ALL SELECT min(scheduled_at) FROM minijobs_jobs WHERE waiting=1 AND scheduled_at <= :now)",
+                {"now": now},
             ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
@@ -1231,6 +1240,7 @@ class ChangeWatcher:
 
     def __init__(self, path: str, busy_timeout_s: float) -> None:
         self._conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+        self._finalizer = _closing_finalizer(self, self._conn, None)
         self._last = self._version()
 
     def _version(self) -> int:
@@ -1248,7 +1258,33 @@ class ChangeWatcher:
         return False
 
     def close(self) -> None:
+        self._finalizer.detach()
         self._conn.close()
+
+
+def _closing_finalizer(owner: object, conn: sqlite3.Connection, lock: threading.RLock | None) -> weakref.finalize:
+    """Close ``conn`` when ``owner`` is garbage-collected or at interpreter exit, whichever comes first.
+
+    An App that is never closed (a script, a test) must not leave its
+    connection to the interpreter's teardown, where Python 3.13 reports it as
+    ``ResourceWarning: unclosed database``.  At exit a daemon thread may still
+    be inside a statement on it: the lock is taken only if it frees quickly,
+    and otherwise the connection is left to the process's end.
+    """
+    return weakref.finalize(owner, _close_connection, conn, lock)
+
+
+def _close_connection(conn: sqlite3.Connection, lock: threading.RLock | None) -> None:
+    if lock is not None and not lock.acquire(timeout=1.0):
+        logger.debug("connection still in use at exit; left to the end of the process")
+        return
+    try:
+        conn.close()
+    except sqlite3.Error as exc:
+        logger.debug("closing a connection at exit failed: %s", exc)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _max_id(conn: sqlite3.Connection) -> int:
@@ -1301,7 +1337,7 @@ def _insert_json_run(
     """Insert ``count`` jobs like ``template`` with the payloads of a JSON array; return the last id."""
     cur = conn.execute(_INSERT_FROM_JSON, (
         template.name, template.queue, template.priority, template.max_attempts, template.timeout_s,
-        template.scheduled_at, template.created_at, template.meta, payloads,
+        template.scheduled_at, template.created_at, template.meta, template.waiting, payloads,
     ))
     if cur.rowcount != count:  # pragma: no cover - one row per array element
         raise StoreError(f"bulk enqueue wrote {cur.rowcount} rows for {count} jobs")
@@ -1324,16 +1360,17 @@ def _split_sql(script: str) -> list[str]:
     return [part.strip() for part in script.split(";") if part.strip()]
 
 
-# A job enqueued for later (scheduled_at > created_at, the enqueue time) is written waiting.
+# Parameters are plain ``?`` bound in NewJob's field order.  Numbered ones (``?7``) bound from a
+# sequence make Python 3.12+ warn, so a value used twice is passed twice instead.
 _INSERT = (
     "INSERT INTO minijobs_jobs (name, queue, payload, state, priority, max_attempts, timeout_s, scheduled_at, "
-    "created_at, unique_key, meta, waiting) VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?7 > ?8)"
+    "created_at, unique_key, meta, waiting) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_RETURNING = _INSERT + " RETURNING id"
 _INSERT_FROM_JSON = (
     "INSERT INTO minijobs_jobs (name, queue, payload, state, priority, max_attempts, timeout_s, scheduled_at, "
     "created_at, unique_key, meta, waiting) "
-    "SELECT ?1, ?2, value, 'pending', ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?6 > ?7 FROM json_each(?9)"
+    "SELECT ?, ?, value, 'pending', ?, ?, ?, ?, ?, NULL, ?, ? FROM json_each(?)"
 )
 #: Runs shorter than this use executemany; longer ones are split to stay far below SQLite's string limit.
 _BULK_MIN_ROWS = 8
@@ -1405,12 +1442,14 @@ WHERE id=? AND lease_owner=? AND attempts=? AND state='running'
 # A job sent back to its queue for later (retry backoff) is written waiting.  The attempt's start
 # stands in for now: only a zero delay can schedule it no later, and a due row flagged waiting
 # costs just its promotion.
+# Bound with the values used twice passed twice (see ``_INSERT``): state, result, error, error,
+# scheduled_at, completed_at, progress, state, scheduled_at, id, owner, attempt.
 _FINISH = """
 UPDATE minijobs_jobs
-SET state=?1, result=?2,
-    errors=CASE WHEN ?3 IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?4)) END,
-    scheduled_at=COALESCE(?5, scheduled_at), completed_at=?6, progress=COALESCE(?7, progress),
+SET state=?, result=?,
+    errors=CASE WHEN ? IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?)) END,
+    scheduled_at=COALESCE(?, scheduled_at), completed_at=?, progress=COALESCE(?, progress),
     lease_owner=NULL, lease_expires_at=NULL,
-    waiting=(?1 IN ('pending', 'retrying') AND COALESCE(?5, scheduled_at) > started_at)
-WHERE id=?8 AND lease_owner=?9 AND attempts=?10 AND state='running'
+    waiting=(? IN ('pending', 'retrying') AND COALESCE(?, scheduled_at) > started_at)
+WHERE id=? AND lease_owner=? AND attempts=? AND state='running'
 """
