@@ -7,7 +7,6 @@ import contextlib
 import functools
 import inspect
 import logging
-import math
 import os
 import signal
 import sqlite3
@@ -21,9 +20,20 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from . import payload
 from .backoff import Backoff
 from .clock import Clock, ObservableClock, SystemClock
-from .errors import ConfigurationError, InvalidNameError, WaitTimeoutError
+from .errors import ConfigurationError, JobArgumentsError, JobNotFoundError, UnknownQueueError, WaitTimeoutError
 from .events import EventHub
 from .job import Job, JobState
+from .limits import (
+    INT32_MAX,
+    INT32_MIN,
+    INT64_MAX,
+    INT64_MIN,
+    MAX_TIMESTAMP,
+    check_duration,
+    check_int,
+    check_text,
+    check_timestamp,
+)
 from .names import check_job_name, check_queue_name
 from .plugin import Plugin
 from .queue import Queue
@@ -55,30 +65,30 @@ class JobSpec:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _check_spec(spec: JobSpec) -> None:
+def _check_spec(spec: JobSpec, *, max_payload_bytes: int) -> None:
+    """Refuse options that could not be stored and read back (see :mod:`minijobs.limits`)."""
     check_queue_name(spec.queue)
-    if isinstance(spec.priority, bool) or not isinstance(spec.priority, int) or not -(2**31) <= spec.priority < 2**31:
-        raise ConfigurationError(f"priority must be an int within 32 bits, got {spec.priority!r}")
-    if isinstance(spec.max_attempts, bool) or not isinstance(spec.max_attempts, int) or spec.max_attempts < 1:
-        raise ConfigurationError(f"max_attempts must be an int >= 1, got {spec.max_attempts!r}")
-    if spec.timeout_s is not None and not _positive(spec.timeout_s):
-        raise ConfigurationError(f"timeout_s must be a positive number, got {spec.timeout_s!r}")
-    if spec.delay_s is not None and not (_number(spec.delay_s) and spec.delay_s >= 0):
-        raise ConfigurationError(f"delay_s must be a number >= 0, got {spec.delay_s!r}")
+    check_int(spec.priority, "priority", low=INT32_MIN, high=INT32_MAX)
+    check_int(spec.max_attempts, "max_attempts", low=1, high=INT32_MAX)
+    if spec.timeout_s is not None:
+        check_duration(spec.timeout_s, "timeout_s")
+    if spec.delay_s is not None:
+        check_duration(spec.delay_s, "delay_s", allow_zero=True)
     if spec.delay_s is not None and spec.run_at is not None:
         raise ConfigurationError("give delay_s or run_at, not both")
-    if spec.run_at is not None and (not isinstance(spec.run_at, datetime) or spec.run_at.utcoffset() is None):
-        raise ConfigurationError("run_at must be a timezone-aware datetime")
-    if spec.unique_key is not None and (not isinstance(spec.unique_key, str) or not 0 < len(spec.unique_key) <= 512):
-        raise ConfigurationError("unique_key must be a non-empty str of at most 512 characters")
-
-
-def _number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-
-
-def _positive(value: Any) -> bool:
-    return _number(value) and value > 0
+    if spec.run_at is not None:
+        if not isinstance(spec.run_at, datetime) or spec.run_at.utcoffset() is None:
+            raise ConfigurationError("run_at must be a timezone-aware datetime")
+        try:
+            check_timestamp(spec.run_at.timestamp(), f"run_at {spec.run_at.isoformat()}")
+        except OverflowError:
+            raise ConfigurationError(f"run_at {spec.run_at!r} is outside the years 1 to 9999") from None
+    if spec.unique_key is not None:
+        check_text(spec.unique_key, "unique_key", max_chars=512)
+    if not isinstance(spec.meta, Mapping):
+        raise ConfigurationError(f"meta must be a mapping of str keys to JSON values, got {type(spec.meta).__name__}")
+    if spec.meta:
+        payload.encode(dict(spec.meta), what="meta", max_bytes=max_payload_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +99,40 @@ class EnqueueRequest:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     spec: JobSpec
+
+    def __post_init__(self) -> None:
+        self.function.check_call(self.args, self.kwargs)
+
+
+class _Signature:
+    """Checks that a call fits a job function, so a job the worker would reject is never written.
+
+    ``inspect.Signature.bind`` costs several microseconds; the usual job (plain
+    parameters, called positionally) is checked by counting instead.
+    """
+
+    __slots__ = ("signature", "required", "positional")
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):  # no signature to check against (some builtins): the job decides
+            self.signature = None
+        params = () if self.signature is None else tuple(self.signature.parameters.values())
+        simple = self.signature is not None and all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        #: With only plain parameters, a positional call fits when its length is within these bounds.
+        self.required = sum(p.default is p.empty for p in params) if simple else -1
+        self.positional = len(params) if simple else -1
+
+    def check(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not kwargs and self.required <= len(args) <= self.positional:
+            return
+        if self.signature is None or not all(type(key) is str for key in kwargs):
+            return  # no signature, or keys JSON cannot hold: the payload check names the culprit
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise JobArgumentsError(f"arguments do not fit job {name}{self.signature}: {exc}") from None
 
 
 class JobFunction(Generic[P, R]):
@@ -102,7 +146,12 @@ class JobFunction(Generic[P, R]):
         self.name = name
         self.spec = spec
         self.retry = retry
+        self._signature = _Signature(func)
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise :class:`~minijobs.JobArgumentsError` (a ``TypeError``) if the call does not fit the function."""
+        self._signature.check(self.name, args, kwargs)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
@@ -122,7 +171,7 @@ class JobFunction(Generic[P, R]):
         """Override settings for one enqueue: ``fn.options(priority=5, delay_s=10).enqueue(...)``."""
         changes = {k: v for k, v in locals().items() if k != "self" and v is not _UNSET}
         spec = JobSpec(**{**_spec_dict(self.spec), **changes})
-        _check_spec(spec)
+        _check_spec(spec, max_payload_bytes=self.app.max_payload_bytes)
         return BoundJob(self, spec)
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> EnqueueRequest:
@@ -215,6 +264,12 @@ class App:
     raises :class:`~minijobs.CorruptDatabaseError` there rather than when a
     job first touches it; it is off by default because it costs a read of
     the whole file at every open (see :meth:`check_integrity`).
+
+    Jobs can be enqueued only to the queues this App declares, so a typo in a
+    queue name is an :class:`~minijobs.UnknownQueueError` at enqueue rather
+    than a job that waits for ever.  A process that enqueues to queues other
+    processes serve names them in ``remote_queues``: accepted by enqueue,
+    never served here.
     """
 
     def __init__(
@@ -222,6 +277,7 @@ class App:
         path: str | os.PathLike[str] = "minijobs.sqlite3",
         *,
         queues: Sequence[Queue] | None = None,
+        remote_queues: Iterable[str] = (),
         plugins: Sequence[Plugin] | None = None,
         clock: Clock | None = None,
         durability: Durability = "normal",
@@ -235,6 +291,11 @@ class App:
     ) -> None:
         self.path = os.fspath(path)
         self.queues: tuple[Queue, ...] = _checked_queues((Queue("default"),) if queues is None else queues)
+        if isinstance(remote_queues, str):
+            raise ConfigurationError("remote_queues must be a list of queue names, not one str")
+        #: Queues served by other processes that this App may enqueue to (see the class docstring).
+        self.remote_queues: tuple[str, ...] = tuple(check_queue_name(name) for name in remote_queues)
+        self._enqueue_queues = _queue_names(self.queues, self.remote_queues)
         if plugins is None:
             from .plugins import default_plugins
 
@@ -244,10 +305,8 @@ class App:
         if durability not in ("normal", "full"):
             raise ConfigurationError(f"durability must be 'normal' or 'full', got {durability!r}")
         for label, value in (("busy_timeout_s", busy_timeout_s), ("lease_s", lease_s), ("poll_interval_s", poll_interval_s)):
-            if not _positive(value):
-                raise ConfigurationError(f"{label} must be a positive number, got {value!r}")
-        if not (_number(grace_s) and grace_s >= 0):
-            raise ConfigurationError(f"grace_s must be a number >= 0, got {grace_s!r}")
+            check_duration(value, label)
+        check_duration(grace_s, "grace_s", allow_zero=True)
         if integrity_check not in (None, "quick", "full"):
             raise ConfigurationError(f"integrity_check must be 'quick', 'full' or None, got {integrity_check!r}")
         if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 64:
@@ -284,6 +343,7 @@ class App:
         new_plugins = self.plugins if plugins is None else _checked_plugins(plugins)
         added = [p for p in new_plugins if all(p is not old for old in self.plugins)]
         self.queues, self.plugins = new_queues, new_plugins
+        self._enqueue_queues = _queue_names(new_queues, self.remote_queues)
         if self._store is not None:
             for plugin in added:
                 plugin.migrate(self)
@@ -387,7 +447,7 @@ class App:
         name when they run; nothing is ever imported from a name in the database.
         """
         spec = JobSpec(queue=queue, priority=priority, max_attempts=max_attempts, timeout_s=timeout_s)
-        _check_spec(spec)
+        _check_spec(spec, max_payload_bytes=self.max_payload_bytes)
         if retry is not None and not isinstance(retry, Backoff):
             raise ConfigurationError(f"retry must be a minijobs.Backoff, got {type(retry).__name__}")
 
@@ -396,8 +456,12 @@ class App:
                 raise TypeError(f"@app.job needs a function, got {fn!r}")
             job_name = check_job_name(name if name is not None else f"{fn.__module__}.{fn.__qualname__}")
             existing = self.registry.get(job_name)
-            if existing is not None and existing.func is not fn and _code_of(existing.func) != _code_of(fn):
-                raise ConfigurationError(f"a different function is already registered as {job_name!r}")
+            if existing is not None and not _same_definition(existing.func, fn):
+                raise ConfigurationError(
+                    f"a different function is already registered as {job_name!r}; give one of them another "
+                    "name (@app.job(name=...)): jobs are run by name, so a second function would silently "
+                    "replace the first"
+                )
             wrapped = JobFunction(self, fn, name=job_name, spec=spec, retry=retry)
             self.registry[job_name] = wrapped
             return wrapped
@@ -409,11 +473,15 @@ class App:
     def _new_row(self, function: JobFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], spec: JobSpec, now: float) -> NewJob:
         if function.app is not self:
             raise ConfigurationError(f"job {function.name!r} is registered on another App")
+        if spec.queue not in self._enqueue_queues:
+            raise self._unknown_queue(spec.queue)
         text = payload.encode_call(args, kwargs, max_bytes=self.max_payload_bytes)
         if spec.run_at is not None:
             scheduled = spec.run_at.timestamp()
         elif spec.delay_s:
             scheduled = now + spec.delay_s
+            if scheduled > MAX_TIMESTAMP:
+                raise ConfigurationError(f"delay_s={spec.delay_s!r} from now is past the year 9999")
         else:
             scheduled = now
         meta = "{}" if not spec.meta else payload.encode(dict(spec.meta), what="meta", max_bytes=self.max_payload_bytes)
@@ -424,7 +492,15 @@ class App:
             scheduled, now, spec.unique_key, meta, scheduled > now,
         )
 
+    def _unknown_queue(self, name: str) -> UnknownQueueError:
+        declared = ", ".join(sorted(self._enqueue_queues))
+        return UnknownQueueError(
+            f"queue {name!r} is not declared on this App (it can enqueue to: {declared}); declare it with "
+            f"App(queues=[..., Queue({name!r})]), or, if another process serves it, App(remote_queues=[{name!r}])"
+        )
+
     def _enqueue_one(self, function: JobFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], spec: JobSpec) -> JobRef:
+        function.check_call(args, kwargs)
         job_id, created = self.store.enqueue_one(self._new_row(function, args, kwargs, spec, self.clock.now()))
         if created:
             self._after_enqueue([job_id])
@@ -717,13 +793,44 @@ class App:
 
 
 def _check_id(job_id: object) -> int:
+    """A job id to look up: an int; one outside SQLite's 64-bit range names no job."""
     if isinstance(job_id, bool) or not isinstance(job_id, int):
         raise TypeError(f"job id must be an int, got {type(job_id).__name__}")
+    if not INT64_MIN <= job_id <= INT64_MAX:
+        raise JobNotFoundError(f"no job with id {job_id}")
     return job_id
 
 
-def _code_of(fn: Callable[..., Any]) -> Any:
-    return getattr(inspect.unwrap(fn), "__code__", None)
+def _same_definition(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    """True if ``b`` is ``a`` defined again (a module or notebook cell run twice), not another function.
+
+    The same code is not enough: closures made by one factory share their code
+    but not what they close over, and each would run something else.
+    """
+    if a is b:
+        return True
+    fa, fb = inspect.unwrap(a), inspect.unwrap(b)
+    code_a, code_b = getattr(fa, "__code__", None), getattr(fb, "__code__", None)
+    if code_a is None or code_a != code_b:
+        return False
+    cells_a, cells_b = getattr(fa, "__closure__", None) or (), getattr(fb, "__closure__", None) or ()
+    if len(cells_a) != len(cells_b) or any(_cell(x) is not _cell(y) for x, y in zip(cells_a, cells_b, strict=True)):
+        return False
+    return bool(
+        getattr(fa, "__defaults__", None) == getattr(fb, "__defaults__", None)
+        and getattr(fa, "__kwdefaults__", None) == getattr(fb, "__kwdefaults__", None)
+    )
+
+
+def _cell(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return _UNSET
+
+
+def _queue_names(queues: Iterable[Queue], remote: Iterable[str]) -> frozenset[str]:
+    return frozenset(q.name for q in queues) | frozenset(remote)
 
 
 def _checked_queues(queues: Iterable[Queue]) -> tuple[Queue, ...]:

@@ -6,7 +6,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from .errors import ConfigurationError
+from .errors import MAX_DURATION_S, ConfigurationError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,8 +27,8 @@ class Backoff:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ConfigurationError(f"Backoff.{name} must be a finite number, got {value!r}")
-        if self.base_s < 0 or self.max_s < 0:
-            raise ConfigurationError("Backoff base_s and max_s must be >= 0")
+        if not (0 <= self.base_s <= MAX_DURATION_S and 0 <= self.max_s <= MAX_DURATION_S):
+            raise ConfigurationError(f"Backoff base_s and max_s must be from 0 to {MAX_DURATION_S:.0f} s (100 years)")
         if self.factor < 1:
             raise ConfigurationError(f"Backoff.factor must be >= 1, got {self.factor}")
         if not 0 <= self.jitter <= 1:

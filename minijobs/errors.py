@@ -8,6 +8,12 @@ control-flow signals a job raises; they are not failures.
 
 from __future__ import annotations
 
+import math
+
+#: Longest duration accepted anywhere (delays, timeouts, leases, backoff, ``Retry``): a century.
+#: Defined here because ``Retry`` checks it; :mod:`minijobs.limits` holds the other bounds.
+MAX_DURATION_S = 100 * 365.25 * 86400.0
+
 
 class MinijobsError(Exception):
     """Root of every error raised by minijobs."""
@@ -35,6 +41,14 @@ class CronError(MinijobsError, ValueError):
 
 class UnknownJobError(MinijobsError, LookupError):
     """A job name is not in this process's registry (never imported from a string)."""
+
+
+class JobArgumentsError(MinijobsError, TypeError):
+    """The arguments given at enqueue do not fit the job function's signature; nothing was written."""
+
+
+class UnknownQueueError(MinijobsError, LookupError):
+    """A job was enqueued to a queue the App does not declare (see ``App(remote_queues=...)``)."""
 
 
 class JobNotFoundError(MinijobsError, LookupError):
@@ -73,6 +87,13 @@ class StorageFullError(StoreError, OSError):
     """The disk (or a file size limit) is full; nothing was written."""
 
 
+class DatabaseFileError(StoreError, OSError):
+    """The database file or its folder cannot be created, opened or written (missing folder, permissions).
+
+    The message names the path and the operating system's reason.
+    """
+
+
 class CorruptDatabaseError(StoreError):
     """The file is not a SQLite database or is damaged."""
 
@@ -90,8 +111,12 @@ class Retry(Exception):
 
     def __init__(self, delay_s: float | None = None, message: str = "") -> None:
         super().__init__(message or f"retry requested (delay_s={delay_s})")
-        if delay_s is not None and not delay_s >= 0:
-            raise ConfigurationError(f"Retry delay_s must be >= 0, got {delay_s!r}")
+        if delay_s is not None and (
+            isinstance(delay_s, bool) or not isinstance(delay_s, int | float) or not math.isfinite(delay_s)
+            or not 0 <= delay_s <= MAX_DURATION_S
+        ):
+            raise ConfigurationError(f"Retry delay_s must be a number of seconds from 0 to {MAX_DURATION_S:.0f} "
+                                     f"(100 years), got {delay_s!r}")
         self.delay_s = delay_s
 
 

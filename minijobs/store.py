@@ -28,6 +28,7 @@ from . import payload
 from .errors import (
     CorruptDatabaseError,
     DatabaseBusyError,
+    DatabaseFileError,
     InvalidStateError,
     JobNotFoundError,
     SchemaVersionError,
@@ -261,6 +262,10 @@ class PayloadRun(NamedTuple):
     last: str
 
 
+#: What decoding a damaged value raises: bad JSON or shapes, and times or numbers out of range.
+_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, IndexError, ArithmeticError)
+
+
 def _job_from_row(row: Sequence[Any], times: dict[float, datetime] | None = None) -> Job:
     """A :class:`Job` from a ``_JOB_COLUMNS`` row; a row that cannot be read raises CorruptDatabaseError.
 
@@ -270,7 +275,7 @@ def _job_from_row(row: Sequence[Any], times: dict[float, datetime] | None = None
     """
     try:
         return _decode_row(row, times)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except _UNREADABLE as exc:
         raise CorruptDatabaseError(
             f"job {row[0]}: its stored row is damaged ({type(exc).__name__}: {exc})"
         ) from exc
@@ -363,8 +368,16 @@ def _claimed_job(row: Sequence[Any], queue: str, owner: str, started_at: datetim
             bool(row[15]),  # cancel_requested
             owner,
         ))
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except _UNREADABLE as exc:
         raise CorruptDatabaseError(f"job {row[0]}: its stored row is damaged ({type(exc).__name__}: {exc})") from exc
+
+
+def _known_state(value: Any, count: int) -> JobState | None:
+    """The state a count is for; a damaged state value is logged and its rows left out of counts."""
+    state = STATE_BY_VALUE.get(value) if isinstance(value, str) else None
+    if state is None:
+        logger.error("%d job row(s) have the unknown state %r (damaged rows); not counted", count, value)
+    return state
 
 
 def _when(ts: float | None, times: dict[float, datetime]) -> datetime | None:
@@ -406,6 +419,16 @@ _WRITE_IOERRS = frozenset({
 })
 
 
+def _file_problem(path: str, exc: OSError) -> str:
+    """A one-line explanation of a file-system error on the database at ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if isinstance(exc, FileNotFoundError) and not os.path.isdir(folder):
+        return f"cannot create the database {path}: its folder {folder} does not exist"
+    if isinstance(exc, PermissionError):
+        return f"cannot create the database {path}: permission denied in {folder} ({exc.strerror})"
+    return f"cannot create the database {path}: {exc.strerror or exc}"
+
+
 def _file_size_limit() -> int | None:
     """This process's RLIMIT_FSIZE soft limit in bytes; None when unlimited or unknown."""
     if resource is None:  # pragma: no cover - not on Windows
@@ -438,6 +461,12 @@ def _translate(exc: sqlite3.Error, what: str) -> StoreError:
         return StoreError(
             f"{what}: the operating system refused a write ({name}: {message}); the disk may be over quota or "
             "failing; nothing was written"
+        )
+    primary = (code or 0) & 0xFF
+    if primary in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
+        return DatabaseFileError(
+            f"{what}: SQLite cannot open or write the database file ({message}); check that its folder exists and "
+            "that this user may write both the file and its folder (SQLite creates -wal and -shm files beside it)"
         )
     if "not a database" in lowered or "malformed" in lowered or code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
         return CorruptDatabaseError(f"{what}: the database file is damaged or not a SQLite database ({message})")
@@ -503,7 +532,19 @@ class SQLiteStore:
     # -- connection set-up -------------------------------------------------
 
     def _prepare_file(self, file_mode: int | None) -> None:
-        """Create the file with owner-only permissions and refuse files that are not SQLite."""
+        """Create the file with owner-only permissions and refuse files that are not SQLite.
+
+        File-system failures (a missing folder, no permission) become a
+        :class:`DatabaseFileError` naming the path and the cause.
+        """
+        try:
+            self._create_file(file_mode)
+        except OSError as exc:
+            if isinstance(exc, StoreError):
+                raise
+            raise DatabaseFileError(_file_problem(self.path, exc)) from exc
+
+    def _create_file(self, file_mode: int | None) -> None:
         p = Path(self.path)
         if p.exists():
             if p.is_dir():
@@ -1044,7 +1085,14 @@ class SQLiteStore:
                 (*params, limit, offset),
             ).fetchall()
         times: dict[float, datetime] = {}
-        return [_job_from_row(row, times) for row in rows]
+        jobs: list[Job] = []
+        for row in rows:
+            try:
+                jobs.append(_job_from_row(row, times))
+            except CorruptDatabaseError as exc:
+                # One damaged row must not hide every other job from listings and the CLI.
+                logger.error("%s; left out of the listing", exc, extra={"job_id": row[0]})
+        return jobs
 
     def count_by_state(self, *, queue: str | None = None) -> dict[JobState, int]:
         sql = "SELECT state, count(*) FROM minijobs_jobs"
@@ -1056,7 +1104,9 @@ class SQLiteStore:
             rows = conn.execute(sql + " GROUP BY state", params).fetchall()
         counts = {state: 0 for state in JobState}
         for state, n in rows:
-            counts[JobState(state)] = n
+            known = _known_state(state, n)
+            if known is not None:
+                counts[known] = n
         return counts
 
     def count_by_queue(self) -> dict[str, dict[JobState, int]]:
@@ -1065,7 +1115,9 @@ class SQLiteStore:
             rows = conn.execute("SELECT queue, state, count(*) FROM minijobs_jobs GROUP BY queue, state").fetchall()
         out: dict[str, dict[JobState, int]] = {}
         for queue, state, n in rows:
-            out.setdefault(queue, {s: 0 for s in JobState})[JobState(state)] = n
+            known = _known_state(state, n)
+            if known is not None:
+                out.setdefault(queue, {s: 0 for s in JobState})[known] = n
         return out
 
     def finished_per_bucket(self, *, since: float, bucket_s: float) -> list[tuple[int, JobState, int]]:
@@ -1081,7 +1133,9 @@ class SQLiteStore:
                 "GROUP BY bucket, state ORDER BY bucket",
                 (since, bucket_s, since),
             ).fetchall()
-        return [(int(bucket), JobState(state), int(n)) for bucket, state, n in rows]
+        return [
+            (int(bucket), known, int(n)) for bucket, state, n in rows if (known := _known_state(state, n)) is not None
+        ]
 
     def oldest_due(self, *, now: float) -> float | None:
         """Earliest ``scheduled_at`` among runnable jobs already due (None if none waits): the queue lag."""
@@ -1262,7 +1316,9 @@ class ChangeWatcher:
         self._conn.close()
 
 
-def _closing_finalizer(owner: object, conn: sqlite3.Connection, lock: threading.RLock | None) -> weakref.finalize:
+def _closing_finalizer(
+    owner: object, conn: sqlite3.Connection, lock: threading.RLock | None
+) -> weakref.finalize[..., None]:
     """Close ``conn`` when ``owner`` is garbage-collected or at interpreter exit, whichever comes first.
 
     An App that is never closed (a script, a test) must not leave its

@@ -35,6 +35,7 @@ from .errors import (
 from .executors.aio import AsyncExecutor
 from .executors.base import Executor
 from .job import AttemptError, Job, JobState, Progress, to_datetime
+from .limits import MAX_TIMESTAMP
 from .notify import DirectoryWatch
 from .plugin import Plugin, PluginScope, overrides
 from .store import Outcome
@@ -266,7 +267,8 @@ class Worker:
                 state = JobState.CANCELLED
             elif job.attempts < job.max_attempts and not isinstance(exc, _NO_RETRY):
                 state = JobState.RETRYING
-                scheduled_at = now + self._retry_delay(job, exc)
+                # Delays are at most a century (minijobs.limits); the clamp keeps a clock near 9999 storable.
+                scheduled_at = min(MAX_TIMESTAMP, now + self._retry_delay(job, exc))
             else:
                 state = JobState.FAILED
         progress_entry = self._progress.pop(job.id, None)

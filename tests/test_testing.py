@@ -291,7 +291,8 @@ def test_eager_from_async_code(app: minijobs.App) -> None:
 
 
 def test_eager_refuses_jobs_of_queues_the_app_does_not_serve(tmp_path: Path) -> None:
-    app = minijobs.App(tmp_path / "q.sqlite3", queues=[Queue("default")])
+    # A remote queue is one this App may enqueue to but never serves: eager mode cannot run its jobs.
+    app = minijobs.App(tmp_path / "q.sqlite3", queues=[Queue("default")], remote_queues=["elsewhere"])
     try:
 
         @app.job(queue="elsewhere")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import minijobs
+from minijobs import Queue
 from minijobs.store import MIGRATIONS
 from minijobs.store import _CLAIM, _DUE_WAITING, _PROMOTE, _PROMOTE_LIMIT, Outcome
 from minijobs.testing import FakeClock
@@ -29,7 +30,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def app(db_path: Path, clock: FakeClock) -> Iterator[minijobs.App]:
-    app = minijobs.App(db_path, clock=clock, plugins=[])
+    app = minijobs.App(db_path, clock=clock, plugins=[], queues=[Queue("default"), Queue("other")])
     yield app
     app.close()
 
