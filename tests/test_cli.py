@@ -129,7 +129,7 @@ def test_enqueue_refuses_bad_input_with_one_line_and_writes_nothing(project: Pat
     assert_one_line_error(mj(project, "enqueue", "add", "--kwargs", "[]", rc=1), "--kwargs must be a JSON object")
     assert_one_line_error(mj(project, "enqueue", "add", "--args", "[1]", rc=1), "missing a required argument: 'b'")
     assert_one_line_error(mj(project, "enqueue", "add", "--args", "[1, 2]", "--queue", "bad name", rc=1), "queue name")
-    assert mj_json(project, "jobs", "list") == []
+    assert not (project / "jobs.sqlite3").exists()  # refused before the database was even opened
 
 
 def test_enqueue_options_and_unique_key(project: Path) -> None:
@@ -164,7 +164,7 @@ def test_retry_and_cancel(project: Path) -> None:
 def test_queues_pause_resume_and_list(project: Path) -> None:
     mj(project, "enqueue", "add", "--args", "[1, 1]")
     assert "paused queue default" in mj(project, "queues", "pause", "default").stdout
-    mj(project, "queues", "pause", "reports")  # not declared, not used yet: still recorded
+    mj(project, "--db", "jobs.sqlite3", "queues", "pause", "reports", app=None)  # no registry to check it against
     mj(project, "worker", "--burst")
     rows = {r["name"]: r for r in mj_json(project, "queues", "list")}
     assert list(rows) == ["default", "mail", "reports"]
@@ -228,6 +228,8 @@ def test_check_reads_the_whole_file_and_names_the_damage(project: Path) -> None:
     for extra in ((), ("--full",)):
         failed = mj(project, "--db", str(db), "check", *extra, app=None, rc=1)
         assert_one_line_error(failed, f"{db} is damaged: PRAGMA {'integrity_check' if extra else 'quick_check'}")
+    assert_one_line_error(mj(project, "check", rc=1), f"no database at {project / 'jobs.sqlite3'}")
+    mj(project, "migrate")
     mj(project, "check")  # through --app too: the project's own database is sound
 
 
