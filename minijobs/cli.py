@@ -8,8 +8,9 @@ tables, and runs one command.  Job names given to ``enqueue`` are looked up in
 the app's registry; nothing is imported from a name given on the command line
 except the ``--app`` module, which is the user's own code.
 
-Errors are reported as one line on stderr with exit status 1 (usage errors: 2),
-never as a traceback, unless the user's module itself fails to import.
+Every error, the user's module failing to import included, is reported as
+one line on stderr with exit status 1 (usage errors: 2); the traceback is
+logged only at ``--log-level DEBUG``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from .app import App
-from .errors import ConfigurationError, MinijobsError, UnknownJobError
+from .errors import ConfigurationError, MinijobsError, StoreError, UnknownJobError
 from .job import Job, JobState
 from .plugin import Plugin
 from .queue import Queue
@@ -128,9 +129,13 @@ def load_app(spec: str, *, search: Sequence[Path] = ()) -> App:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise CLIError(f"--app {spec!r}: cannot import module {exc.name!r} (run from your project directory?)") from None
-        raise
+        raise _import_failed(spec, module_name, exc) from exc
+    except Exception as exc:
+        # The user's own code failed while importing: name the module and the original error in
+        # one line; main() logs the chained traceback at DEBUG (``--log-level DEBUG``).
+        raise _import_failed(spec, module_name, exc) from exc
     target: Any = module
     for part in attr.split("."):
         try:
@@ -140,6 +145,10 @@ def load_app(spec: str, *, search: Sequence[Path] = ()) -> App:
     if not isinstance(target, App):
         raise CLIError(f"--app {spec!r} is a {type(target).__name__}, not a minijobs.App")
     return target
+
+
+def _import_failed(spec: str, module_name: str, exc: Exception) -> CLIError:
+    return CLIError(f"--app {spec!r}: importing {module_name} failed: {_describe(exc, typed=True)}")
 
 
 def resolve_executor(name: str, where: str) -> type[Any]:
@@ -331,6 +340,16 @@ def _job_id(text: str) -> int:
         raise argparse.ArgumentTypeError(f"job id must be a whole number, got {text!r}") from None
 
 
+def _app_positional(text: str) -> str:
+    """``worker``'s positional is the app, not a queue name (as it is for rq): say so if it looks like one."""
+    if ":" not in text:
+        raise argparse.ArgumentTypeError(
+            f"expected the app as module:attribute (e.g. myproject.jobs:app), got {text!r}; "
+            "choose queues with -q NAME"
+        )
+    return text
+
+
 def _strict_json(text: str, what: str) -> Any:
     def refuse(name: str) -> Any:
         raise ValueError(f"{what}: {name} is not valid JSON")
@@ -359,16 +378,23 @@ class Session:
     def has_registry(self) -> bool:
         return getattr(self.args, "db", None) is None
 
+    def app_spec(self) -> str | None:
+        """The ``module:attribute`` given on the command line: ``--app``, or ``worker``'s positional."""
+        option = getattr(self.args, "app", None)
+        positional = getattr(self.args, "app_spec", None)
+        if option is not None and positional is not None and option != positional:
+            raise CLIError(f"two apps given: --app {option!r} and {positional!r}; give one")
+        return option if option is not None else positional
+
     def app(self, *, concurrency: int | None = None) -> App:
         if self._app is None:
-            app_spec = getattr(self.args, "app", None)
+            app_spec = self.app_spec()
             db = getattr(self.args, "db", None)
             if app_spec is not None and db is not None:
                 raise CLIError("give --app or --db, not both")
             if db is not None:
-                if not Path(db).exists() and getattr(self.args, "func", None) is not cmd_migrate:
-                    raise CLIError(f"no database at {db} (create one with: minijobs --db {db} migrate)")
                 app = App(db)
+                hint = f"minijobs --db {db} migrate"
             else:
                 spec = app_spec or self.config.app
                 if spec is None:
@@ -377,13 +403,31 @@ class Session:
                     )
                 search = [self.config.path.parent] if self.config.path is not None else []
                 app = load_app(spec, search=search)
+                hint = f"minijobs{'' if app_spec is None else f' --app {app_spec}'} migrate, or start a worker"
             apply_config(app, self.config, concurrency=concurrency)
+            if getattr(self.args, "func", None) not in CREATES_DATABASE | NO_DATABASE:
+                _require_database(app.path, hint)
             self._app = app
         return self._app
 
     def close(self) -> None:
         if self._app is not None:
             self._app.close()
+
+
+def _require_database(path: str, hint: str) -> None:
+    """Refuse to work on a database file that does not exist (opening it would create it).
+
+    Only ``migrate``, ``worker`` and ``enqueue`` (:data:`CREATES_DATABASE`) may
+    create the file: every other command that opens it, run from the wrong
+    directory, would otherwise leave an empty database there and report it
+    empty (or a job id as missing).  In-memory and ``file:`` URI paths are
+    SQLite's to interpret and are left alone.
+    """
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return
+    if not Path(path).exists():
+        raise CLIError(f"no database at {Path(path).resolve()} (create one with: {hint})")
 
 
 # -- commands ------------------------------------------------------------------------
@@ -519,20 +563,49 @@ def cmd_jobs_show(s: Session) -> int:
 
 
 def _bulk(s: Session, verb: str, ids: list[int], action: Callable[[int], Job]) -> int:
+    """Apply ``action`` to each id and report each: the job's new state, or that id's error.
+
+    A failing id does not stop the others (exit status 1 if any failed).  A
+    :class:`~minijobs.errors.StoreError` is about the database, not the id: the
+    ids done so far are reported, then it ends the command as one error line.
+    """
     progress = TTYProgress(s.err, f"{verb} jobs")
-    done: list[Job] = []
+    results: list[tuple[int, Job | Exception]] = []
     try:
         for i, job_id in enumerate(ids, 1):
-            done.append(action(job_id))
+            try:
+                results.append((job_id, action(job_id)))
+            except StoreError:
+                raise
+            except Exception as exc:
+                logger.debug("job %s: not %s", job_id, verb, exc_info=True)
+                results.append((job_id, exc))
             progress.update(i, len(ids))
     finally:
         progress.close()
+        _report_bulk(s, results)
+    return 1 if any(isinstance(r, Exception) for _, r in results) else 0
+
+
+def _report_bulk(s: Session, results: list[tuple[int, Job | Exception]]) -> None:
     if s.args.json:
-        _dump_json([job_to_dict(j) for j in done], s.out)
-    else:
-        for job in done:
-            s.out.write(f"job {job.id} ({job.name}): {job.state}{' (cancel requested)' if job.cancel_requested and job.state is JobState.RUNNING else ''}\n")
-    return 0
+        _dump_json(
+            [
+                {"id": job_id, "error": {"type": type(r).__name__, "message": _one_line(r)}}
+                if isinstance(r, Exception)
+                else job_to_dict(r)
+                for job_id, r in results
+            ],
+            s.out,
+        )
+    for job_id, r in results:
+        if isinstance(r, Exception):
+            s.out.flush()
+            s.err.write(f"minijobs: error: job {job_id}: {_describe(r)}\n")
+            s.err.flush()
+        elif not s.args.json:
+            stopping = " (cancel requested)" if r.cancel_requested and r.state is JobState.RUNNING else ""
+            s.out.write(f"job {r.id} ({r.name}): {r.state}{stopping}\n")
 
 
 def cmd_jobs_retry(s: Session) -> int:
@@ -600,13 +673,41 @@ def cmd_queues_list(s: Session) -> int:
     return 0
 
 
+def _check_queue_known(s: Session, name: str, verb: str) -> None:
+    """Refuse (with ``--app``) or note (with ``--db``) a queue nothing is known to use: most likely a typo.
+
+    With the app's registry, a queue is known if the app (or its config file)
+    declares it, if jobs of it are in the database (another deployment may
+    serve it, and pausing holds them), or if it is paused already (so a stale
+    pause can always be resumed).  With ``--db`` there is no declaration to
+    check: any valid name goes, with a note if no job of it exists yet.
+    """
+    app = s.app()
+    declared = [q.name for q in app.queues]
+    if s.has_registry and name in declared:
+        return
+    has_jobs = bool(app.jobs(queue=name, limit=1))  # also checks the name
+    if s.has_registry:
+        if not has_jobs and name not in app.store.paused_queues():
+            raise CLIError(
+                f"queue {name!r} is not declared by this app (declared: {', '.join(declared)}) and has no jobs; "
+                f"declare it, or {verb} it with --db to record it anyway"
+            )
+        if has_jobs:
+            s.err.write(f"minijobs: note: queue {name} is not declared by this app; it has jobs in the database\n")
+    elif not has_jobs:
+        s.err.write(f"minijobs: note: no job of queue {name} is in the database (yet)\n")
+
+
 def cmd_queues_pause(s: Session) -> int:
+    _check_queue_known(s, s.args.name, "pause")
     s.app().pause_queue(s.args.name)
     s.out.write(f"paused queue {s.args.name}: no new jobs start in any process; running jobs finish\n")
     return 0
 
 
 def cmd_queues_resume(s: Session) -> int:
+    _check_queue_known(s, s.args.name, "resume")
     s.app().resume_queue(s.args.name)
     s.out.write(f"resumed queue {s.args.name}\n")
     return 0
@@ -756,6 +857,12 @@ def cmd_check(s: Session) -> int:
     return 0
 
 
+#: The commands that may create the database file; every other one needs it to exist (see _require_database)...
+CREATES_DATABASE: frozenset[Callable[[Session], int]] = frozenset({cmd_migrate, cmd_worker, cmd_enqueue})
+#: ...but for these, which never open it: ``cron list`` shows the schedules of the app's code and config.
+NO_DATABASE: frozenset[Callable[[Session], int]] = frozenset({cmd_cron_list})
+
+
 def find_benchmarks() -> Path:
     """The directory that holds the ``benchmarks`` package: the current directory or the source checkout."""
     for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
@@ -809,6 +916,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command(commands, "worker", "run a worker until SIGTERM/SIGINT (second signal: stop at once)", cmd_worker)
+    p.add_argument("app_spec", nargs="?", metavar="MODULE:ATTR", type=_app_positional,
+                   help="the App to run, e.g. myproject.jobs:app (the same as --app)")
     p.add_argument("-q", "--queue", action="append", metavar="NAME", help="serve only this queue (repeatable)")
     p.add_argument("-c", "--concurrency", type=_positive_int, help="jobs at once per served queue (overrides config)")
     p.add_argument("--lease-s", type=float, dest="lease_s", help="lease length in seconds")
@@ -915,18 +1024,21 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     try:
         session = Session(args, out, err)
         return int(args.func(session))
-    except (MinijobsError, OSError, ValueError) as exc:
-        err.write(f"minijobs: error: {_one_line(exc)}\n")
-        return 1
     except KeyboardInterrupt:
         err.write("minijobs: interrupted\n")
         return 130
+    except Exception as exc:
+        # Whatever went wrong is one line; the traceback is for --log-level DEBUG.
+        logger.debug("minijobs %s failed", args.command, exc_info=True)
+        err.write(f"minijobs: error: {_describe(exc)}\n")
+        return 1
     finally:
         if session is not None:
             try:
                 session.close()
-            except (MinijobsError, OSError) as exc:
-                err.write(f"minijobs: error while closing: {_one_line(exc)}\n")
+            except Exception as exc:
+                logger.debug("closing the app failed", exc_info=True)
+                err.write(f"minijobs: error while closing: {_describe(exc)}\n")
 
 
 _VALUE_OPTIONS = {"--app", "--db", "--config", "--log-level"}
@@ -944,6 +1056,15 @@ def _command_index(argv: Sequence[str]) -> int | None:
         else:
             return i
     return None
+
+
+def _describe(exc: BaseException, *, typed: bool = False) -> str:
+    """One line for an error: minijobs' own errors (and OS and value errors) by their message alone;
+    any other exception, or any at all with ``typed``, as ``Type: message``."""
+    text = _one_line(exc)
+    if (typed or not isinstance(exc, MinijobsError | OSError | ValueError)) and str(exc):
+        text = f"{type(exc).__name__}: {text}"
+    return text
 
 
 def _one_line(exc: BaseException) -> str:

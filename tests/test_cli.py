@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import queue
 import signal
@@ -12,6 +14,8 @@ import textwrap
 import threading
 import time
 import tomllib
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -129,7 +133,7 @@ def test_enqueue_refuses_bad_input_with_one_line_and_writes_nothing(project: Pat
     assert_one_line_error(mj(project, "enqueue", "add", "--kwargs", "[]", rc=1), "--kwargs must be a JSON object")
     assert_one_line_error(mj(project, "enqueue", "add", "--args", "[1]", rc=1), "missing a required argument: 'b'")
     assert_one_line_error(mj(project, "enqueue", "add", "--args", "[1, 2]", "--queue", "bad name", rc=1), "queue name")
-    assert mj_json(project, "jobs", "list") == []
+    assert not (project / "jobs.sqlite3").exists()  # refused before the database was even opened
 
 
 def test_enqueue_options_and_unique_key(project: Path) -> None:
@@ -164,7 +168,7 @@ def test_retry_and_cancel(project: Path) -> None:
 def test_queues_pause_resume_and_list(project: Path) -> None:
     mj(project, "enqueue", "add", "--args", "[1, 1]")
     assert "paused queue default" in mj(project, "queues", "pause", "default").stdout
-    mj(project, "queues", "pause", "reports")  # not declared, not used yet: still recorded
+    mj(project, "--db", "jobs.sqlite3", "queues", "pause", "reports", app=None)  # no registry to check it against
     mj(project, "worker", "--burst")
     rows = {r["name"]: r for r in mj_json(project, "queues", "list")}
     assert list(rows) == ["default", "mail", "reports"]
@@ -228,6 +232,8 @@ def test_check_reads_the_whole_file_and_names_the_damage(project: Path) -> None:
     for extra in ((), ("--full",)):
         failed = mj(project, "--db", str(db), "check", *extra, app=None, rc=1)
         assert_one_line_error(failed, f"{db} is damaged: PRAGMA {'integrity_check' if extra else 'quick_check'}")
+    assert_one_line_error(mj(project, "check", rc=1), f"no database at {project / 'jobs.sqlite3'}")
+    mj(project, "migrate")
     mj(project, "check")  # through --app too: the project's own database is sound
 
 
@@ -396,10 +402,11 @@ def test_bench_passes_arguments_through(tmp_path: Path) -> None:
 class Worker:
     """A ``minijobs worker`` subprocess whose stderr is read line by line in a thread."""
 
-    def __init__(self, cwd: Path, *args: str) -> None:
+    def __init__(self, cwd: Path, *args: str, command: Sequence[str] = ("--app", "tasks:app", "worker"),
+                 environ: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "minijobs", "--app", "tasks:app", "worker", *args],
-            cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "minijobs", *command, *args],
+            cwd=cwd, env=environ or env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
@@ -481,3 +488,210 @@ def test_worker_sigterm_releases_a_job_that_outlives_the_grace_period(project: P
     assert rc == 0, "".join(worker.seen)
     job = mj_json(project, "jobs", "show", "1")
     assert (job["state"], job["attempts"], job["lease_owner"]) == ("pending", 0, None)  # back in its queue, unharmed
+
+
+def test_worker_takes_the_app_as_a_positional_and_stops_on_sigterm(
+    project: Path, subprocess_env: dict[str, str]
+) -> None:
+    mj(project, "enqueue", "add", "--args", "[2, 3]")
+    worker = Worker(project, command=("worker", "tasks:app"), environ=subprocess_env)  # as with huey, celery, rq
+    try:
+        worker.wait_for("started")
+        with minijobs.App(project / "jobs.sqlite3") as app:
+            job = minijobs.JobRef(app, 1).wait(timeout_s=20)
+        assert (job.state, job.result) == (minijobs.JobState.SUCCEEDED, 5)
+        worker.proc.send_signal(signal.SIGTERM)
+    finally:
+        rc = worker.finish()
+    assert rc == 0, "".join(worker.seen)
+    assert any("stopped after 1 job attempt(s)" in line for line in worker.seen)
+
+
+# -- one line for every failure ----------------------------------------------------------
+
+
+def run_cli(cwd: Path, environ: dict[str, str], *args: str, rc: int) -> subprocess.CompletedProcess[str]:
+    """``python3 -m minijobs ARGS`` in ``cwd``, checking its exit status."""
+    proc = subprocess.run([sys.executable, "-m", "minijobs", *args], cwd=cwd, env=environ,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == rc, f"{args}: rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.parametrize(("code", "shown"), [
+    ("import minijobs\nx\napp = minijobs.App('shop.sqlite3')\n", "NameError: name 'x' is not defined"),
+    ("import minijobs\napp = minijobs.App('shop.sqlite3'\n", "SyntaxError: '(' was never closed (shop.py, line 2)"),
+    ("import no_such_dependency_of_shop\n", "ModuleNotFoundError: No module named 'no_such_dependency_of_shop'"),
+    ("raise RuntimeError('settings missing')\n", "RuntimeError: settings missing"),
+], ids=["NameError", "SyntaxError", "missing-dependency", "RuntimeError"])
+def test_app_module_failing_to_import_is_one_line_naming_the_original_error(
+    tmp_path: Path, subprocess_env: dict[str, str], code: str, shown: str
+) -> None:
+    (tmp_path / "shop.py").write_text(code)
+    proc = run_cli(tmp_path, subprocess_env, "--app", "shop:app", "jobs", "list", rc=1)
+    assert proc.stderr == f"minijobs: error: --app 'shop:app': importing shop failed: {shown}\n"
+    assert proc.stdout == ""
+
+
+def test_app_import_traceback_is_shown_at_debug(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    (tmp_path / "shop.py").write_text("import minijobs\nx\napp = minijobs.App('shop.sqlite3')\n")
+    proc = run_cli(tmp_path, subprocess_env, "--app", "shop:app", "--log-level", "DEBUG", "jobs", "list", rc=1)
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert f'File "{tmp_path / "shop.py"}", line 2' in proc.stderr  # the user's own line, where it failed
+    assert proc.stderr.splitlines()[-1] == (
+        "minijobs: error: --app 'shop:app': importing shop failed: NameError: name 'x' is not defined")
+
+
+def test_job_id_beyond_sqlite_integers_is_one_line(project: Path, subprocess_env: dict[str, str]) -> None:
+    big = "99999999999999999999999"
+    run_cli(project, subprocess_env, "--app", "tasks:app", "migrate", rc=0)
+    proc = run_cli(project, subprocess_env, "--app", "tasks:app", "jobs", "show", big, rc=1)
+    (line,) = proc.stderr.splitlines()
+    # "no job with id N" once App.get checks the range; until then the store's OverflowError, still one line.
+    assert line == f"minijobs: error: no job with id {big}" or line.startswith("minijobs: error: OverflowError: "), line
+
+
+def test_unexpected_exceptions_are_one_line_with_the_traceback_logged_at_debug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"shop_{uuid.uuid4().hex}"
+    (tmp_path / f"{name}.py").write_text("def __getattr__(attr):\n    raise RuntimeError(f'no {attr} here')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setitem(sys.modules, name, None)  # restored (removed) after the test
+    del sys.modules[name]
+    out, err = io.StringIO(), io.StringIO()
+    with caplog.at_level(logging.DEBUG, logger="minijobs.cli"):
+        assert cli.main(["--app", f"{name}:app", "stats"], out=out, err=err) == 1
+    assert err.getvalue() == "minijobs: error: RuntimeError: no app here\n"
+    (record,) = [r for r in caplog.records if r.name == "minijobs.cli"]
+    assert record.levelno == logging.DEBUG and record.exc_info and isinstance(record.exc_info[1], RuntimeError)
+
+
+def test_database_in_a_missing_folder_is_one_line(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    db = tmp_path / "missing" / "x.sqlite3"
+    proc = run_cli(tmp_path, subprocess_env, "--db", str(db), "migrate", rc=1)
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("minijobs: error: ") and str(db) in line
+    assert not db.parent.exists()
+
+
+# -- cancel and retry: one line per id ------------------------------------------------------
+
+
+def test_cancel_and_retry_report_every_id_and_go_on_past_a_missing_one(
+    project: Path, subprocess_env: dict[str, str]
+) -> None:
+    mj(project, "enqueue", "add", "--args", "[1, 1]")
+    mj(project, "enqueue", "add", "--args", "[2, 2]")
+    cancel = run_cli(project, subprocess_env, "--app", "tasks:app", "jobs", "cancel", "1", "19", "2", rc=1)
+    assert cancel.stdout.splitlines() == ["job 1 (add): cancelled", "job 2 (add): cancelled"]
+    assert cancel.stderr.splitlines() == ["minijobs: error: job 19: no job with id 19"]
+    assert [j["state"] for j in mj_json(project, "jobs", "list")] == ["cancelled", "cancelled"]
+
+    retry = run_cli(project, subprocess_env, "--app", "tasks:app", "jobs", "retry", "19", "2", "--json", rc=1)
+    entries = json.loads(retry.stdout)
+    assert entries[0] == {"id": 19, "error": {"type": "JobNotFoundError", "message": "no job with id 19"}}
+    assert (entries[1]["id"], entries[1]["state"]) == (2, "pending")
+    assert retry.stderr.splitlines() == ["minijobs: error: job 19: no job with id 19"]
+
+    both_fail = run_cli(project, subprocess_env, "--app", "tasks:app", "jobs", "retry", "2", "20", rc=1)
+    assert both_fail.stdout == ""
+    assert both_fail.stderr.splitlines() == [
+        "minijobs: error: job 2: job 2 is pending; only finished jobs can be retried",
+        "minijobs: error: job 20: no job with id 20",
+    ]
+    assert mj(project, "jobs", "cancel", "2").stdout == "job 2 (add): cancelled\n"  # all well: status 0
+
+
+# -- queues the app does not declare ------------------------------------------------------------
+
+
+def test_pausing_an_undeclared_queue(project: Path, subprocess_env: dict[str, str]) -> None:
+    mj(project, "migrate")
+    refused = run_cli(project, subprocess_env, "--app", "tasks:app", "queues", "pause", "reprots", rc=1)
+    assert refused.stderr == (
+        "minijobs: error: queue 'reprots' is not declared by this app (declared: default, mail) and has no jobs; "
+        "declare it, or pause it with --db to record it anyway\n")
+    assert "reprots" not in {r["name"] for r in mj_json(project, "queues", "list")}  # nothing recorded
+
+    # Jobs of it in the database (another deployment may serve it): pausing is meaningful, with a note.
+    mj(project, "enqueue", "add", "--args", "[1, 1]", "--queue", "reports")
+    paused = run_cli(project, subprocess_env, "--app", "tasks:app", "queues", "pause", "reports", rc=0)
+    assert paused.stdout.startswith("paused queue reports")
+    assert "queue reports is not declared by this app; it has jobs in the database" in paused.stderr
+
+    # --db has no declarations to check: any valid name goes, with a note when no job uses it.
+    by_db = run_cli(project, subprocess_env, "--db", "jobs.sqlite3", "queues", "pause", "later", rc=0)
+    assert by_db.stderr == "minijobs: note: no job of queue later is in the database (yet)\n"
+    # A paused queue can always be resumed, declared or not.
+    resumed = run_cli(project, subprocess_env, "--app", "tasks:app", "queues", "resume", "later", rc=0)
+    assert resumed.stdout == "resumed queue later\n"
+    rows = {r["name"]: r["paused"] for r in mj_json(project, "queues", "list")}
+    assert rows == {"default": False, "mail": False, "reports": True}  # "later": neither paused nor used now
+
+
+# -- no database is created by commands that only look ------------------------------------------------------
+
+
+def test_read_only_commands_leave_no_database_behind(project: Path, subprocess_env: dict[str, str]) -> None:
+    db = project / "jobs.sqlite3"
+    by_app = run_cli(project, subprocess_env, "--app", "tasks:app", "jobs", "list", rc=1)
+    assert by_app.stderr == (
+        f"minijobs: error: no database at {db} (create one with: minijobs --app tasks:app migrate, or start a worker)\n")
+    elsewhere = project / "elsewhere.sqlite3"
+    by_db = run_cli(project, subprocess_env, "--db", "elsewhere.sqlite3", "stats", rc=1)
+    assert by_db.stderr == (
+        f"minijobs: error: no database at {elsewhere} (create one with: minijobs --db elsewhere.sqlite3 migrate)\n")
+    assert not list(project.glob("*.sqlite3*"))
+
+
+@pytest.fixture
+def in_process(project: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple[int, str, str]]]:
+    """``cli.main`` in this process, in ``project``, with the app module under a name of its own."""
+    name = f"tasks_{uuid.uuid4().hex}"
+    (project / f"{name}.py").write_text(TASKS)
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+    def run(*args: str, app: str | None = f"{name}:app") -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        rc = cli.main([*(["--app", app] if app else []), *args], out=out, err=err)
+        return rc, out.getvalue(), err.getvalue()
+
+    yield run
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("command", [
+    ("jobs", "list"), ("jobs", "show", "1"), ("stats",), ("queues", "list"), ("check",),
+    ("jobs", "cancel", "1"), ("jobs", "retry", "1"), ("prune",), ("queues", "pause", "default"),
+], ids=" ".join)
+@pytest.mark.parametrize("how", ["app", "db"])
+def test_commands_other_than_migrate_worker_enqueue_need_an_existing_database(
+    in_process: Callable[..., tuple[int, str, str]], project: Path, command: tuple[str, ...], how: str
+) -> None:
+    rc, out, err = in_process(*command) if how == "app" else in_process("--db", "jobs.sqlite3", *command, app=None)
+    assert (rc, out) == (1, "")
+    assert err.startswith(f"minijobs: error: no database at {project / 'jobs.sqlite3'} (create one with: minijobs ")
+    assert not list(project.glob("jobs.sqlite3*"))
+
+
+def test_cron_list_needs_no_database(in_process: Callable[..., tuple[int, str, str]], project: Path) -> None:
+    (project / "minijobs.toml").write_text(
+        '[[plugins.cron.schedules]]\nname = "n"\nexpression = "0 3 * * *"\njob = "add"\nargs = [1, 2]\n')
+    rc, out, err = in_process("cron", "list")
+    assert (rc, err) == (0, "") and out.startswith("NAME")
+    assert not list(project.glob("jobs.sqlite3*"))  # it shows the app's schedules; it never opens the file
+
+
+def test_app_given_twice_or_as_a_queue_name(in_process: Callable[..., tuple[int, str, str]]) -> None:
+    rc, out, err = in_process("worker", "other:app")
+    assert (rc, out) == (1, "")
+    assert err.startswith("minijobs: error: two apps given: --app 'tasks_") and err.endswith(
+        ":app' and 'other:app'; give one\n")
+    assert in_process("--db", "jobs.sqlite3", "worker", "tasks:app", app=None)[2] == (
+        "minijobs: error: give --app or --db, not both\n")
+    with pytest.raises(SystemExit) as usage:
+        in_process("worker", "default", app=None)  # rq takes queue names there; ours is the app
+    assert usage.value.code == 2
