@@ -218,6 +218,7 @@ def first_mismatch(shown: list[str], printed: list[str]) -> int | None:
 
 def assert_prints(where: str, what: str, shown: list[str], first_line: int, printed: str) -> None:
     """Fail, showing both sides, when ``printed`` does not match the ``shown`` lines (page lines from ``first_line``)."""
+    __tracebackhide__ = True  # the message says it all
     lines = printed.splitlines()
     bad = first_mismatch(shown, lines)
     if bad is None:
