@@ -45,12 +45,12 @@ from __future__ import annotations
 import functools
 import os
 import re
-import tomllib
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
