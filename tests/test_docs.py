@@ -247,6 +247,7 @@ def test_every_docs_page_is_linked_from_the_readme() -> None:
 def test_the_docs_have_blocks_to_run() -> None:
     assert len([b for b in PYTHON_BLOCKS if not b.skipped]) >= 8
     assert CONSOLE_PAGES
+    assert len(OUTPUTS) >= 5  # python blocks whose printed output is checked
 
 
 def _is_pytest_file(block: Block) -> bool:
