@@ -11,14 +11,14 @@ one event loop, and the program ends by itself.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import tempfile
 from pathlib import Path
 
 import minijobs
 
-DATA_DIR = Path(tempfile.mkdtemp(prefix="minijobs-asyncio-"))
-app = minijobs.App(DATA_DIR / "jobs.sqlite3")
+# A throwaway folder, removed when the script ends (a finalizer removes it even if the module is only imported).
+DATA_DIR = tempfile.TemporaryDirectory(prefix="minijobs-asyncio-")
+app = minijobs.App(Path(DATA_DIR.name) / "jobs.sqlite3")
 
 PRICES = {"ACME": 12.5, "GLOBEX": 99.0, "INITECH": 7.25}
 
@@ -80,9 +80,11 @@ async def main() -> None:
         cancelled = await poll.wait_async(timeout_s=10)
         print(f"long_poll: {cancelled.state}")
     # Leaving the block stopped the worker gracefully.
-    app.close()
-    shutil.rmtree(DATA_DIR)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with DATA_DIR:
+        try:
+            asyncio.run(main())
+        finally:
+            app.close()  # before the folder goes

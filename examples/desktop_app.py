@@ -23,7 +23,6 @@ Things to notice:
 from __future__ import annotations
 
 import queue
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,7 +30,10 @@ from pathlib import Path
 
 import minijobs
 
-DATA_DIR = Path(tempfile.mkdtemp(prefix="minijobs-desktop-"))  # a real app would use its user data directory
+# A real app would use its user data directory.  This throwaway folder is removed when the script ends
+# (a finalizer removes it even if the module is only imported).
+_TMP = tempfile.TemporaryDirectory(prefix="minijobs-desktop-")
+DATA_DIR = Path(_TMP.name)
 app = minijobs.App(DATA_DIR / "jobs.sqlite3")
 
 
@@ -138,9 +140,11 @@ def main() -> None:
     for job_id, label in window.labels.items():
         job = app.get(job_id)
         print(f"job {job_id} {label!r}: {job.state}, result={job.result}, progress={job.progress}")
-    app.close()
-    shutil.rmtree(DATA_DIR)
 
 
 if __name__ == "__main__":
-    main()
+    with _TMP:
+        try:
+            main()
+        finally:
+            app.close()  # before the folder goes

@@ -16,8 +16,8 @@ imported by the workers it is ``examples.multiprocess``, and the name must match
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +27,13 @@ from pathlib import Path
 
 import minijobs
 
-DB = os.environ.setdefault("MINIJOBS_EXAMPLE_DB", str(Path(tempfile.mkdtemp(prefix="minijobs-mp-")) / "jobs.sqlite3"))
+# The script makes a throwaway folder for the database and removes it when it ends; the workers it
+# starts inherit the path and make nothing.  (A finalizer removes the folder even if the module is
+# only imported.)  A MINIJOBS_EXAMPLE_DB you set yourself is used as it is and never deleted.
+_TMP = None if "MINIJOBS_EXAMPLE_DB" in os.environ else tempfile.TemporaryDirectory(prefix="minijobs-mp-")
+if _TMP is not None:
+    os.environ["MINIJOBS_EXAMPLE_DB"] = str(Path(_TMP.name) / "jobs.sqlite3")
+DB = os.environ["MINIJOBS_EXAMPLE_DB"]
 app = minijobs.App(DB)
 
 
@@ -68,8 +74,8 @@ def main() -> None:
             _, err = proc.communicate(timeout=30)
             print(f"worker {proc.pid} exited with status {proc.returncode}: {err.strip().splitlines()[-1]}")
         app.close()
-        shutil.rmtree(Path(DB).parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    with _TMP or contextlib.nullcontext():
+        main()
