@@ -106,6 +106,8 @@ class Worker:
         #: claimed for them until their executor is idle again (see ``_fill``).
         self._isolated: set[str] = set()
         self._progress: dict[int, tuple[Job, str]] = {}
+        #: Running jobs someone asked to cancel: their ``Cancelled`` is a cancellation even while stopping.
+        self._cancels: set[int] = set()
         self._failure: JobFailedError | None = None
         self._stop_requested = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -179,17 +181,50 @@ class Worker:
     # -- loop-thread internals ----------------------------------------------
 
     def _begin_stop(self, now: bool) -> None:
-        if not self._stop_requested:
+        """Stop claiming; running jobs see ``current_job().cancelled`` at once (``now``: no grace either).
+
+        Flagging at once is what lets a cooperative job end a graceful stop
+        early; nothing is recorded, so a job that finishes within ``grace_s``
+        has its outcome written, and one that raises ``Cancelled`` in reply is
+        released (see :meth:`job_completed`).
+        """
+        first = not self._stop_requested
+        flagged: list[int] | None = None
+        if first:
             self._stop_requested = True
             self.stopping.set()
+            flagged = [job_id for e in self.executors.values() for job_id in e.flag_stopping()]
             self.app.events.emit("worker.stopping", worker_id=self.id)
-        if now:
+        hurry = now and not self.hurried.is_set()
+        if hurry:
             self.hurried.set()
+        if first or hurry:
+            self._log_stop(now=now, flagged=flagged)
         self._wake_event.set()
+
+    def _log_stop(self, *, now: bool, flagged: list[int] | None) -> None:
+        """One INFO line saying what the stop waits for (a silent 30 s wait looks like a hang)."""
+        running = sorted(job_id for e in self.executors.values() for job_id in e.running)
+        if not running:
+            if not self.burst:
+                logger.info("worker %s stopping: no jobs running", self.id)
+            return
+        shown = ", ".join(str(job_id) for job_id in running[:20]) + (", ..." if len(running) > 20 else "")
+        if now:
+            logger.info("worker %s stopping now: releasing %d running job(s) (ids %s) without waiting",
+                        self.id, len(running), shown)
+            return
+        seen = len(running) if flagged is None else len(set(flagged) & set(running))
+        who = ("they see current_job().cancelled" if seen == len(running) else
+               f"{seen} of them see current_job().cancelled (jobs in child processes do not)")
+        logger.info("worker %s stopping: waiting up to %.1f s for %d running job(s) (ids %s); %s",
+                    self.id, self.grace_s, len(running), shown, who)
 
     def _cancel_local(self, job_id: int, reason: str) -> None:
         for executor in self.executors.values():
             if job_id in executor.running:
+                if reason == "cancel":
+                    self._cancels.add(job_id)
                 executor.cancel(job_id, reason=reason)  # type: ignore[arg-type]
 
     def _note_progress(self, job_id: int, progress: Progress, text: str) -> None:
@@ -240,7 +275,14 @@ class Worker:
         if deferred is not None and deferred[1] is not job:
             # The stale attempt has ended: the newer claim of the same job may start now.
             self.call_soon(self._push_deferred, job.id)
+        user_cancel = bool(self._cancels) and job.id in self._cancels
+        if user_cancel:
+            self._cancels.discard(job.id)
+        if isinstance(exc, Cancelled) and self._stop_requested and not user_cancel:
+            # The job saw the stop's flag and gave up: the worker stopped it, nobody cancelled it.
+            exc = JobReleased(f"job {job.id} released: it stopped when the worker began stopping")
         if isinstance(exc, JobReleased):
+            self._progress.pop(job.id, None)  # unflushed progress must not land after the release
             self._released.append(job.id)
             self._wake_event.set()
             return
