@@ -95,9 +95,10 @@ class Worker:
         self.executors: dict[str, Executor] = {}
         #: Attempts finished (succeeded, failed, retrying or cancelled) by this worker.
         self.jobs_finished = 0
-        #: True while this worker holds the leadership lease (set by the Leadership plugin via :meth:`set_leader`).
-        self.is_leader = False
-        self._leader_flip: asyncio.Event | None = None
+        #: Elections this worker leads (leader-scoped plugin identifiers; see :meth:`set_leader`).
+        self._leading: set[str] = set()
+        #: Per election, an event set at its next change (see :meth:`_leader_event`).
+        self._leader_flips: dict[str, asyncio.Event] = {}
         self._outcomes: list[tuple[Outcome, Job]] = []
         self._released: list[int] = []
         #: Jobs claimed again while this worker's own stale attempt of them still runs (see ``_fill``).
@@ -120,6 +121,10 @@ class Worker:
         self._completed_hooks = [p for p in app.plugins if overrides(p, "on_job_completed")]
         self._updated_hooks = [p for p in app.plugins if overrides(p, "on_job_updated")]
         self._run_plugins: list[Plugin] = list(plugin_list)
+        #: Identifiers of the leader-scoped plugins this worker runs: the elections it takes part in.
+        self.leader_plugins: tuple[str, ...] = tuple(
+            p.get_identifier() for p in self._run_plugins if p.get_scope() is PluginScope.LEADER
+        )
 
     # -- thread-safe controls ---------------------------------------------
 
@@ -241,15 +246,31 @@ class Worker:
                 return job
         return None
 
-    def set_leader(self, leader: bool) -> None:
-        """Record whether this worker holds leadership; leader-scope plugins start or stop (loop thread)."""
-        if leader == self.is_leader:
-            return
-        self.is_leader = leader
-        flip = self._leader_flip
-        if flip is not None:
-            self._leader_flip = asyncio.Event()
-            flip.set()
+    @property
+    def is_leader(self) -> bool:
+        """True while this worker leads the election of at least one of its leader-scoped plugins."""
+        return bool(self._leading)
+
+    def leads(self, plugin: str) -> bool:
+        """True while this worker leads the election of the leader-scoped plugin ``plugin`` (an identifier)."""
+        return plugin in self._leading
+
+    def set_leader(self, leader: bool, *, plugin: str | None = None) -> None:
+        """Record whether this worker leads ``plugin``'s election (None: all of :attr:`leader_plugins`).
+
+        Called by the Leadership plugin in the loop thread; the plugin concerned
+        starts or stops accordingly.
+        """
+        for name in self.leader_plugins if plugin is None else (plugin,):
+            if leader == (name in self._leading):
+                continue
+            if leader:
+                self._leading.add(name)
+            else:
+                self._leading.discard(name)
+            flip = self._leader_flips.pop(name, None)
+            if flip is not None:
+                flip.set()
 
     def job_starting(self, job: Job) -> Job:
         for plugin in self._starting_hooks:
@@ -731,8 +752,9 @@ class Worker:
     async def _run_plugin(self, plugin: Plugin) -> None:
         """Run a plugin protected: log and restart it with backoff when it raises.
 
-        A leader-scope plugin runs only while this worker is the leader: it
-        starts when leadership is gained and is cancelled when it is lost.
+        A leader-scope plugin runs only while this worker leads that plugin's
+        election (see :mod:`minijobs.plugins.leadership`): it starts when the
+        election is won and is cancelled when it is lost.
         """
         name = plugin.get_identifier()
         if plugin.worker is not None and plugin.worker is not self:
@@ -745,12 +767,12 @@ class Worker:
         plugin.attach(self)
         try:
             while not self._stop_requested:
-                if leader_only and not self.is_leader:
-                    await self._until_leadership_changes(also_stopping=True)
+                if leader_only and not self.leads(name):
+                    await self._until_leadership_changes(name)
                     continue
                 started = loop.time()
                 task = asyncio.create_task(plugin.run(self, self.app), name=f"{name}.run")
-                flip = asyncio.ensure_future(self._leader_event().wait()) if leader_only else None
+                flip = asyncio.ensure_future(self._leader_event(name).wait()) if leader_only else None
                 try:
                     await asyncio.wait({task} if flip is None else {task, flip}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
@@ -762,7 +784,7 @@ class Worker:
                         await asyncio.gather(task, return_exceptions=True)
                 if flipped and not self._stop_requested:
                     # Leadership changed (lost, maybe regained since): the loop restarts it if we lead.
-                    logger.info("plugin %s stopped: this worker lost leadership", name)
+                    logger.info("plugin %s stopped: this worker no longer leads its election", name)
                     continue
                 if task.cancelled() or task.exception() is None:
                     return
@@ -776,16 +798,16 @@ class Worker:
         finally:
             plugin.attach(None)
 
-    def _leader_event(self) -> asyncio.Event:
-        """An event set at the next change of :attr:`is_leader`."""
-        if self._leader_flip is None:
-            self._leader_flip = asyncio.Event()
-        return self._leader_flip
+    def _leader_event(self, plugin: str) -> asyncio.Event:
+        """An event set at the next change of :meth:`leads` for ``plugin``."""
+        event = self._leader_flips.get(plugin)
+        if event is None:
+            event = self._leader_flips[plugin] = asyncio.Event()
+        return event
 
-    async def _until_leadership_changes(self, *, also_stopping: bool) -> None:
-        waiters = {asyncio.ensure_future(self._leader_event().wait())}
-        if also_stopping:
-            waiters.add(asyncio.ensure_future(self.stopping.wait()))
+    async def _until_leadership_changes(self, plugin: str) -> None:
+        """Wait until this worker gains or loses ``plugin``'s election, or starts stopping."""
+        waiters = {asyncio.ensure_future(self._leader_event(plugin).wait()), asyncio.ensure_future(self.stopping.wait())}
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
