@@ -544,7 +544,12 @@ class Worker:
     # -- main ----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until :meth:`stop` (or, in burst mode, until no due job is left)."""
+        """Run until :meth:`stop` (or, in burst mode, until no due job is left).
+
+        Raises :class:`~minijobs.ConfigurationError` before anything runs if a
+        plugin refuses the app as configured (see :meth:`Plugin.check`).
+        """
+        self._check_plugins()
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
         self._wake_event = asyncio.Event()
@@ -590,6 +595,11 @@ class Worker:
                 self.app.events.emit("worker.stopped", worker_id=self.id)
         if self._failure is not None:
             raise self._failure
+
+    def _check_plugins(self) -> None:
+        """Let every plugin this worker runs (or drains) refuse the app now, once, before any job runs."""
+        for plugin in self.app.plugins if self.run_plugins or self.burst else ():
+            plugin.check(self.app)
 
     async def _main_loop(self) -> None:
         store_errors = 0

@@ -298,13 +298,12 @@ def test_a_worker_without_leader_scoped_plugins_takes_part_in_no_election(db_pat
     bystander = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=60)])
     app = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=60), Duty()])
     recorder = Recorder(app)
-    with bystander.running() as idle:
-        with app.running() as worker:
-            gained = recorder.next("leadership.gained")
-            assert gained.data == {"worker_id": worker.id, "term": 1, "plugin": DUTY}
-            assert worker.is_leader and worker.leads(DUTY)
-            assert not idle.is_leader and idle.leader_plugins == ()
-            assert set(Leadership.leases(app)) == {DUTY}
+    with bystander.running() as idle, app.running() as worker:
+        gained = recorder.next("leadership.gained")
+        assert gained.data == {"worker_id": worker.id, "term": 1, "plugin": DUTY}
+        assert worker.is_leader and worker.leads(DUTY)
+        assert not idle.is_leader and idle.leader_plugins == ()
+        assert set(Leadership.leases(app)) == {DUTY}
     bystander.close()
     app.close()
 
@@ -314,8 +313,9 @@ def test_workers_with_different_leader_plugins_do_not_block_each_other(db_path: 
     first = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=60, renew_interval_s=0.1), Duty()])
     second = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=60, renew_interval_s=0.1), Duty(),
                                                          Other()])
-    second_events = Recorder(second)
+    first_events, second_events = Recorder(first), Recorder(second)
     with first.running() as w1:
+        assert first_events.next("leadership.gained").data["plugin"] == DUTY
         with second.running() as w2:
             gained = second_events.next("leadership.gained")
             # The second worker leads what only it runs, although the first one came first.

@@ -88,8 +88,8 @@ def test_a_cooperative_job_ends_the_stop_early_and_is_released_untouched(
     stored = app.get(ref.id)
     assert (stored.state, stored.attempts, stored.progress, stored.errors) == (JobState.PENDING, 0, None, ())
     said = [r.getMessage() for r in caplog.records if "stopping" in r.getMessage()]
-    assert said == [f"worker {worker.id} stopping: waiting up to 30.0 s for 1 running job(s) (ids {ref.id}); "
-                    "they see current_job().cancelled"]
+    assert said == [(f"worker {worker.id} stopping: waiting up to 30.0 s for 1 running job(s) (ids {ref.id}); "
+                     "they see current_job().cancelled")]
     app.close()
 
 
