@@ -744,7 +744,7 @@ def _checked_plugins(plugins: Iterable[Plugin]) -> tuple[Plugin, ...]:
     unlisted plugin with its own table and lease writes would be a surprise, and
     ``plugins=[]`` must mean none), and the built-in leader plugins already name
     Leadership as a dependency, so a custom one is held to the same rule.
-    Without the check such a plugin was accepted and silently never ran.
+    Accepted, such a plugin would silently never run.
     """
     from .plugin import PluginScope
     from .plugins.leadership import IDENTIFIER as LEADERSHIP  # lazily, as App() loads the built-ins

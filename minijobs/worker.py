@@ -219,7 +219,7 @@ class Worker:
             logger.info("worker %s stopping now: releasing %d running job(s) (ids %s) without waiting",
                         self.id, len(running), shown)
             return
-        seen = len(running) if flagged is None else len(set(flagged) & set(running))
+        seen = len(set(flagged or ()) & set(running))
         who = ("they see current_job().cancelled" if seen == len(running) else
                f"{seen} of them see current_job().cancelled (jobs in child processes do not)")
         logger.info("worker %s stopping: waiting up to %.1f s for %d running job(s) (ids %s); %s",
