@@ -844,6 +844,18 @@ def _checked_queues(queues: Iterable[Queue]) -> tuple[Queue, ...]:
 
 
 def _checked_plugins(plugins: Iterable[Plugin]) -> tuple[Plugin, ...]:
+    """Check a plugin list: Plugin instances, each identifier once, dependencies configured.
+
+    A leader-scoped plugin without the Leadership plugin is refused rather than
+    Leadership being added for it: ``plugins=[...]`` is the complete list (an
+    unlisted plugin with its own table and lease writes would be a surprise, and
+    ``plugins=[]`` must mean none), and the built-in leader plugins already name
+    Leadership as a dependency, so a custom one is held to the same rule.
+    Accepted, such a plugin would silently never run.
+    """
+    from .plugin import PluginScope
+    from .plugins.leadership import IDENTIFIER as LEADERSHIP  # lazily, as App() loads the built-ins
+
     checked = tuple(plugins)
     for plugin in checked:
         if not isinstance(plugin, Plugin):
@@ -856,4 +868,9 @@ def _checked_plugins(plugins: Iterable[Plugin]) -> tuple[Plugin, ...]:
         missing = [d for d in plugin.get_dependencies() if d not in ids]
         if missing:
             raise ConfigurationError(f"plugin {plugin.get_identifier()} needs {missing}, which are not configured")
+        if plugin.get_scope() is PluginScope.LEADER and LEADERSHIP not in ids:
+            raise ConfigurationError(
+                f"plugin {plugin.get_identifier()} runs on the leader only (scope LEADER), but no leader can be "
+                "elected: add minijobs.plugins.Leadership() to the app's plugins"
+            )
     return checked

@@ -100,6 +100,16 @@ class Plugin(ABC):
 
     # -- life cycle --------------------------------------------------------
 
+    def check(self, app: App) -> None:
+        """Raise :class:`~minijobs.ConfigurationError` if this plugin cannot run in ``app`` as it stands.
+
+        Called when a worker starts, before any job runs, so that a mistake
+        only visible once the app is complete (a cron schedule naming a job
+        that is not registered) stops the worker with one clear error instead
+        of a :meth:`run` that crashes and is restarted forever.  The default
+        accepts everything.
+        """
+
     async def run(self, worker: Worker, app: App) -> None:
         """Long-running body; the default does nothing and returns."""
 

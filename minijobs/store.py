@@ -900,7 +900,11 @@ class SQLiteStore:
             return [conn.execute(_FINISH, p).rowcount == 1 for p in params]
 
     def release(self, owner: str, job_ids: Iterable[int], *, now: float) -> int:
-        """Give unfinished jobs back to the queue without using up an attempt (graceful shutdown)."""
+        """Give unfinished jobs back to the queue without using up an attempt (graceful shutdown).
+
+        Their progress is cleared: it described an attempt that no longer counts, and
+        the next attempt starts from the beginning.
+        """
         ids = list(job_ids)
         if not ids:
             return 0
@@ -909,7 +913,7 @@ class SQLiteStore:
             for job_id in ids:
                 changed += conn.execute(
                     "UPDATE minijobs_jobs SET state=CASE WHEN attempts > 1 THEN 'retrying' ELSE 'pending' END, "
-                    "attempts=attempts-1, scheduled_at=?, lease_owner=NULL, lease_expires_at=NULL "
+                    "attempts=attempts-1, scheduled_at=?, lease_owner=NULL, lease_expires_at=NULL, progress=NULL "
                     "WHERE id=? AND lease_owner=? AND state='running'",
                     (now, job_id, owner),
                 ).rowcount

@@ -96,9 +96,10 @@ class Worker:
         self.executors: dict[str, Executor] = {}
         #: Attempts finished (succeeded, failed, retrying or cancelled) by this worker.
         self.jobs_finished = 0
-        #: True while this worker holds the leadership lease (set by the Leadership plugin via :meth:`set_leader`).
-        self.is_leader = False
-        self._leader_flip: asyncio.Event | None = None
+        #: Elections this worker leads (leader-scoped plugin identifiers; see :meth:`set_leader`).
+        self._leading: set[str] = set()
+        #: Per election, an event set at its next change (see :meth:`_leader_event`).
+        self._leader_flips: dict[str, asyncio.Event] = {}
         self._outcomes: list[tuple[Outcome, Job]] = []
         self._released: list[int] = []
         #: Jobs claimed again while this worker's own stale attempt of them still runs (see ``_fill``).
@@ -107,6 +108,8 @@ class Worker:
         #: claimed for them until their executor is idle again (see ``_fill``).
         self._isolated: set[str] = set()
         self._progress: dict[int, tuple[Job, str]] = {}
+        #: Running jobs someone asked to cancel: their ``Cancelled`` is a cancellation even while stopping.
+        self._cancels: set[int] = set()
         self._failure: JobFailedError | None = None
         self._stop_requested = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -119,6 +122,10 @@ class Worker:
         self._completed_hooks = [p for p in app.plugins if overrides(p, "on_job_completed")]
         self._updated_hooks = [p for p in app.plugins if overrides(p, "on_job_updated")]
         self._run_plugins: list[Plugin] = list(plugin_list)
+        #: Identifiers of the leader-scoped plugins this worker runs: the elections it takes part in.
+        self.leader_plugins: tuple[str, ...] = tuple(
+            p.get_identifier() for p in self._run_plugins if p.get_scope() is PluginScope.LEADER
+        )
 
     # -- thread-safe controls ---------------------------------------------
 
@@ -180,17 +187,50 @@ class Worker:
     # -- loop-thread internals ----------------------------------------------
 
     def _begin_stop(self, now: bool) -> None:
-        if not self._stop_requested:
+        """Stop claiming; running jobs see ``current_job().cancelled`` at once (``now``: no grace either).
+
+        Flagging at once is what lets a cooperative job end a graceful stop
+        early; nothing is recorded, so a job that finishes within ``grace_s``
+        has its outcome written, and one that raises ``Cancelled`` in reply is
+        released (see :meth:`job_completed`).
+        """
+        first = not self._stop_requested
+        flagged: list[int] | None = None
+        if first:
             self._stop_requested = True
             self.stopping.set()
+            flagged = [job_id for e in self.executors.values() for job_id in e.flag_stopping()]
             self.app.events.emit("worker.stopping", worker_id=self.id)
-        if now:
+        hurry = now and not self.hurried.is_set()
+        if hurry:
             self.hurried.set()
+        if first or hurry:
+            self._log_stop(now=now, flagged=flagged)
         self._wake_event.set()
+
+    def _log_stop(self, *, now: bool, flagged: list[int] | None) -> None:
+        """One INFO line saying what the stop waits for (a silent 30 s wait looks like a hang)."""
+        running = sorted(job_id for e in self.executors.values() for job_id in e.running)
+        if not running:
+            if not self.burst:
+                logger.info("worker %s stopping: no jobs running", self.id)
+            return
+        shown = ", ".join(str(job_id) for job_id in running[:20]) + (", ..." if len(running) > 20 else "")
+        if now:
+            logger.info("worker %s stopping now: releasing %d running job(s) (ids %s) without waiting",
+                        self.id, len(running), shown)
+            return
+        seen = len(set(flagged or ()) & set(running))
+        who = ("they see current_job().cancelled" if seen == len(running) else
+               f"{seen} of them see current_job().cancelled (jobs in child processes do not)")
+        logger.info("worker %s stopping: waiting up to %.1f s for %d running job(s) (ids %s); %s",
+                    self.id, self.grace_s, len(running), shown, who)
 
     def _cancel_local(self, job_id: int, reason: str) -> None:
         for executor in self.executors.values():
             if job_id in executor.running:
+                if reason == "cancel":
+                    self._cancels.add(job_id)
                 executor.cancel(job_id, reason=reason)  # type: ignore[arg-type]
 
     def _note_progress(self, job_id: int, progress: Progress, text: str) -> None:
@@ -207,15 +247,31 @@ class Worker:
                 return job
         return None
 
-    def set_leader(self, leader: bool) -> None:
-        """Record whether this worker holds leadership; leader-scope plugins start or stop (loop thread)."""
-        if leader == self.is_leader:
-            return
-        self.is_leader = leader
-        flip = self._leader_flip
-        if flip is not None:
-            self._leader_flip = asyncio.Event()
-            flip.set()
+    @property
+    def is_leader(self) -> bool:
+        """True while this worker leads the election of at least one of its leader-scoped plugins."""
+        return bool(self._leading)
+
+    def leads(self, plugin: str) -> bool:
+        """True while this worker leads the election of the leader-scoped plugin ``plugin`` (an identifier)."""
+        return plugin in self._leading
+
+    def set_leader(self, leader: bool, *, plugin: str | None = None) -> None:
+        """Record whether this worker leads ``plugin``'s election (None: all of :attr:`leader_plugins`).
+
+        Called by the Leadership plugin in the loop thread; the plugin concerned
+        starts or stops accordingly.
+        """
+        for name in self.leader_plugins if plugin is None else (plugin,):
+            if leader == (name in self._leading):
+                continue
+            if leader:
+                self._leading.add(name)
+            else:
+                self._leading.discard(name)
+            flip = self._leader_flips.pop(name, None)
+            if flip is not None:
+                flip.set()
 
     def job_starting(self, job: Job) -> Job:
         for plugin in self._starting_hooks:
@@ -241,7 +297,14 @@ class Worker:
         if deferred is not None and deferred[1] is not job:
             # The stale attempt has ended: the newer claim of the same job may start now.
             self.call_soon(self._push_deferred, job.id)
+        user_cancel = bool(self._cancels) and job.id in self._cancels
+        if user_cancel:
+            self._cancels.discard(job.id)
+        if isinstance(exc, Cancelled) and self._stop_requested and not user_cancel:
+            # The job saw the stop's flag and gave up: the worker stopped it, nobody cancelled it.
+            exc = JobReleased(f"job {job.id} released: it stopped when the worker began stopping")
         if isinstance(exc, JobReleased):
+            self._progress.pop(job.id, None)  # unflushed progress must not land after the release
             self._released.append(job.id)
             self._wake_event.set()
             return
@@ -483,7 +546,12 @@ class Worker:
     # -- main ----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until :meth:`stop` (or, in burst mode, until no due job is left)."""
+        """Run until :meth:`stop` (or, in burst mode, until no due job is left).
+
+        Raises :class:`~minijobs.ConfigurationError` before anything runs if a
+        plugin refuses the app as configured (see :meth:`Plugin.check`).
+        """
+        self._check_plugins()
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
         self._wake_event = asyncio.Event()
@@ -529,6 +597,11 @@ class Worker:
                 self.app.events.emit("worker.stopped", worker_id=self.id)
         if self._failure is not None:
             raise self._failure
+
+    def _check_plugins(self) -> None:
+        """Let every plugin this worker runs (or drains) refuse the app now, once, before any job runs."""
+        for plugin in self.app.plugins if self.run_plugins or self.burst else ():
+            plugin.check(self.app)
 
     async def _main_loop(self) -> None:
         store_errors = 0
@@ -691,8 +764,9 @@ class Worker:
     async def _run_plugin(self, plugin: Plugin) -> None:
         """Run a plugin protected: log and restart it with backoff when it raises.
 
-        A leader-scope plugin runs only while this worker is the leader: it
-        starts when leadership is gained and is cancelled when it is lost.
+        A leader-scope plugin runs only while this worker leads that plugin's
+        election (see :mod:`minijobs.plugins.leadership`): it starts when the
+        election is won and is cancelled when it is lost.
         """
         name = plugin.get_identifier()
         if plugin.worker is not None and plugin.worker is not self:
@@ -705,12 +779,12 @@ class Worker:
         plugin.attach(self)
         try:
             while not self._stop_requested:
-                if leader_only and not self.is_leader:
-                    await self._until_leadership_changes(also_stopping=True)
+                if leader_only and not self.leads(name):
+                    await self._until_leadership_changes(name)
                     continue
                 started = loop.time()
                 task = asyncio.create_task(plugin.run(self, self.app), name=f"{name}.run")
-                flip = asyncio.ensure_future(self._leader_event().wait()) if leader_only else None
+                flip = asyncio.ensure_future(self._leader_event(name).wait()) if leader_only else None
                 try:
                     await asyncio.wait({task} if flip is None else {task, flip}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
@@ -722,7 +796,7 @@ class Worker:
                         await asyncio.gather(task, return_exceptions=True)
                 if flipped and not self._stop_requested:
                     # Leadership changed (lost, maybe regained since): the loop restarts it if we lead.
-                    logger.info("plugin %s stopped: this worker lost leadership", name)
+                    logger.info("plugin %s stopped: this worker no longer leads its election", name)
                     continue
                 if task.cancelled() or task.exception() is None:
                     return
@@ -736,16 +810,16 @@ class Worker:
         finally:
             plugin.attach(None)
 
-    def _leader_event(self) -> asyncio.Event:
-        """An event set at the next change of :attr:`is_leader`."""
-        if self._leader_flip is None:
-            self._leader_flip = asyncio.Event()
-        return self._leader_flip
+    def _leader_event(self, plugin: str) -> asyncio.Event:
+        """An event set at the next change of :meth:`leads` for ``plugin``."""
+        event = self._leader_flips.get(plugin)
+        if event is None:
+            event = self._leader_flips[plugin] = asyncio.Event()
+        return event
 
-    async def _until_leadership_changes(self, *, also_stopping: bool) -> None:
-        waiters = {asyncio.ensure_future(self._leader_event().wait())}
-        if also_stopping:
-            waiters.add(asyncio.ensure_future(self.stopping.wait()))
+    async def _until_leadership_changes(self, plugin: str) -> None:
+        """Wait until this worker gains or loses ``plugin``'s election, or starts stopping."""
+        waiters = {asyncio.ensure_future(self._leader_event(plugin).wait()), asyncio.ensure_future(self.stopping.wait())}
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -413,11 +416,72 @@ def test_schedule_validation() -> None:
         Cron([CronSchedule("a", "* * * * *", job="x"), CronSchedule("a", "@daily", job="y")])
 
 
-def test_unknown_job_name_is_a_clear_error(db_path: Path) -> None:
+UNKNOWN_JOB = r"cron schedule 'ghost': no job named 'not\.registered' is registered in this process \(registered: real\)"
+
+
+def test_a_schedule_naming_an_unregistered_job_stops_the_worker_before_any_job_runs(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = FakeClock()
-    app, _ = make_cron_app(db_path, clock, [CronSchedule("ghost", "* * * * *", job="not.registered")])
-    with pytest.raises(minijobs.UnknownJobError, match="not.registered"):
+    app, cron = make_cron_app(db_path, clock, [CronSchedule("ghost", "* * * * *", job="not.registered")])
+
+    @app.job(name="real")
+    def real() -> None:
+        return None
+
+    ref = real.enqueue()
+    with pytest.raises(minijobs.ConfigurationError, match=UNKNOWN_JOB):
+        cron.check(app)
+    with pytest.raises(minijobs.ConfigurationError, match=UNKNOWN_JOB):
         app.drain()
+    with (caplog.at_level(logging.INFO, logger="minijobs"),
+          pytest.raises(minijobs.ConfigurationError, match=UNKNOWN_JOB),
+          app.running()):
+        pytest.fail("the worker started")
+    assert app.get(ref.id).state is minijobs.JobState.PENDING  # no job ran
+    assert not any("restarting" in r.getMessage() for r in caplog.records)  # no crash-restart loop of the plugin
+    app.close()
+
+
+CLI_APP = textwrap.dedent(
+    """
+    from pathlib import Path
+
+    import minijobs
+
+    app = minijobs.App(Path(__file__).resolve().parent / "jobs.sqlite3")
+
+
+    @app.job(name="real")
+    def real() -> None:
+        return None
+    """
+)
+CLI_CONFIG = textwrap.dedent(
+    """
+    app = "cronapp:app"
+
+    [plugins.cron]
+    [[plugins.cron.schedules]]
+    name = "ghost"
+    expression = "* * * * *"
+    job = "not.registered"
+    """
+)
+
+
+def test_the_cli_worker_refuses_a_schedule_naming_an_unregistered_job_in_one_line(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    (tmp_path / "cronapp.py").write_text(CLI_APP)
+    (tmp_path / "minijobs.toml").write_text(CLI_CONFIG)
+    env = {**subprocess_env, "PYTHONPATH": f"{tmp_path}:{subprocess_env['PYTHONPATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "minijobs", "worker"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert re.fullmatch(f"minijobs: error: {UNKNOWN_JOB}", lines[-1]), proc.stderr
+    assert "Traceback" not in proc.stderr and "restarting" not in proc.stderr
 
 
 def test_configured_from_toml_with_job_names(db_path: Path) -> None:

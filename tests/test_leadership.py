@@ -1,4 +1,4 @@
-"""Leadership: one leader among all processes on a database file, handover, stepping down in time."""
+"""Leadership: per leader-scoped plugin, one leader among the processes that run it; handover, stepping down."""
 
 from __future__ import annotations
 
@@ -18,10 +18,24 @@ from typing import Any
 import pytest
 
 import minijobs
-from minijobs.plugins import Leadership
+from minijobs import Plugin, PluginScope
+from minijobs.plugins import Cron, CronSchedule, Leadership
 from minijobs.testing import FakeClock
 
 WAIT_S = 10.0
+DUTY = "tests.duty"
+
+
+class Duty(Plugin):
+    """A leader-scoped plugin that does nothing: something for the workers to elect a leader for."""
+
+    @classmethod
+    def get_identifier(cls) -> str:
+        return DUTY
+
+    @classmethod
+    def get_scope(cls) -> PluginScope:
+        return PluginScope.LEADER
 
 
 class Recorder:
@@ -41,13 +55,13 @@ class Recorder:
 
 def test_a_single_worker_leads_and_hands_the_lease_back_when_it_stops(db_path: Path) -> None:
     clock = FakeClock()
-    app = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=20)])
+    app = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=20), Duty()])
     recorder = Recorder(app)
     with app.running() as worker:
         gained = recorder.next("leadership.gained")
-        assert gained.data == {"worker_id": worker.id, "term": 1}
+        assert gained.data == {"worker_id": worker.id, "term": 1, "plugin": DUTY}
         assert worker.is_leader
-        lease = Leadership.current(app)
+        lease = Leadership.current(app, plugin=DUTY)
         assert lease is not None and lease.owner == worker.id and lease.term == 1
         assert lease.expires_at.timestamp() == clock.now() + 20
         deadline = time.monotonic() + WAIT_S
@@ -56,23 +70,23 @@ def test_a_single_worker_leads_and_hands_the_lease_back_when_it_stops(db_path: P
             assert time.monotonic() < deadline, "lease never renewed"
             clock.advance(10)
             for _ in range(20):
-                current = Leadership.current(app)
+                current = Leadership.current(app, plugin=DUTY)
                 renewed = current is not None and current.renewed_at.timestamp() == clock.now()
                 if renewed or threading.Event().wait(0.01):
                     break
-        lease = Leadership.current(app)
+        lease = Leadership.current(app, plugin=DUTY)
         assert lease is not None and lease.term == 1 and lease.expires_at.timestamp() == clock.now() + 20
     lost = recorder.next("leadership.lost")
     assert lost.data["reason"] == "worker stopping" and not worker.is_leader
-    lease = Leadership.current(app)
+    lease = Leadership.current(app, plugin=DUTY)
     assert lease is not None and lease.expires_at.timestamp() == clock.now()  # handed back, not left to expire
     assert lease.term == 1
 
 
 def test_two_apps_elect_one_leader_and_a_clean_stop_hands_over_at_once(db_path: Path) -> None:
     clock = FakeClock()  # never advanced: only a hand-over can move leadership
-    first = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=60, renew_interval_s=0.1)])
-    second = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=60, renew_interval_s=0.1)])
+    first = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=60, renew_interval_s=0.1), Duty()])
+    second = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=60, renew_interval_s=0.1), Duty()])
     first_events, second_events = Recorder(first), Recorder(second)
     with first.running() as w1:
         first_events.next("leadership.gained")
@@ -86,7 +100,7 @@ def test_two_apps_elect_one_leader_and_a_clean_stop_hands_over_at_once(db_path: 
             w1.stop()
             gained = second_events.next("leadership.gained")
             assert gained.data["term"] == 2 and w2.is_leader
-            lease = Leadership.current(second)
+            lease = Leadership.current(second, plugin=DUTY)
             assert lease is not None and lease.owner == w2.id
     first.close()
     second.close()
@@ -94,14 +108,14 @@ def test_two_apps_elect_one_leader_and_a_clean_stop_hands_over_at_once(db_path: 
 
 def test_an_expired_lease_of_a_dead_leader_is_taken_over(db_path: Path) -> None:
     clock = FakeClock()
-    app = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=30)])
+    app = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=30), Duty()])
     app.open()
     now = clock.now()
     # A leader in another process renewed its lease just now, then died.
     app.store.execute_write(
         "plant lease",
         "INSERT INTO minijobs_leadership (name, owner, term, acquired_at, renewed_at, expires_at) "
-        "VALUES ('leader', 'ghost', 7, ?, ?, ?)",
+        "VALUES ('tests.duty', 'ghost', 7, ?, ?, ?)",
         (now - 100, now, now + 30),
     )
     recorder = Recorder(app)
@@ -135,11 +149,11 @@ def write_lock(db_path: Path) -> Iterator[Any]:
 
 def test_a_leader_that_cannot_renew_steps_down_before_its_lease_expires(db_path: Path, write_lock: Any) -> None:
     clock = FakeClock()
-    app = minijobs.App(db_path, clock=clock, busy_timeout_s=0.05, plugins=[Leadership(lease_s=10)])
+    app = minijobs.App(db_path, clock=clock, busy_timeout_s=0.05, plugins=[Leadership(lease_s=10), Duty()])
     recorder = Recorder(app)
     with app.running() as worker:
         recorder.next("leadership.gained")
-        lease = Leadership.current(app)
+        lease = Leadership.current(app, plugin=DUTY)
         assert lease is not None
         expires = lease.expires_at.timestamp()
         write_lock.hold()  # every renewal now fails with "database is locked"
@@ -157,7 +171,7 @@ def test_a_stalled_leader_steps_down_on_real_time_even_if_the_clock_stands_still
     db_path: Path, write_lock: Any
 ) -> None:
     clock = FakeClock()  # never advanced: only the monotonic deadline can trigger
-    app = minijobs.App(db_path, clock=clock, busy_timeout_s=0.02, plugins=[Leadership(lease_s=1.0)])
+    app = minijobs.App(db_path, clock=clock, busy_timeout_s=0.02, plugins=[Leadership(lease_s=1.0), Duty()])
     recorder = Recorder(app)
     with app.running() as worker:
         recorder.next("leadership.gained")
@@ -176,7 +190,18 @@ CHILD = textwrap.dedent(
     import minijobs
     from minijobs.plugins import Leadership
 
-    app = minijobs.App(sys.argv[1], plugins=[Leadership(lease_s=float(sys.argv[2]))])
+
+    class Duty(minijobs.Plugin):
+        @classmethod
+        def get_identifier(cls):
+            return "tests.duty"
+
+        @classmethod
+        def get_scope(cls):
+            return minijobs.PluginScope.LEADER
+
+
+    app = minijobs.App(sys.argv[1], plugins=[Leadership(lease_s=float(sys.argv[2])), Duty()])
 
     def say(event):
         print(event.name, event.data["worker_id"], event.data.get("term"), flush=True)
@@ -246,7 +271,7 @@ def test_leadership_moves_to_another_process_when_the_leader_is_killed(
         assert procs[second].wait(timeout=30) == 0 and procs[third].wait(timeout=30) == 0
         assert procs[first].wait(timeout=30) == -signal.SIGKILL
         app = minijobs.App(db_path, plugins=[Leadership()])
-        lease = Leadership.current(app)
+        lease = Leadership.current(app, plugin=DUTY)
         assert lease is not None and lease.term == 3
         assert lease.expires_at <= datetime.now(UTC)  # the last leader handed it back on its way out
         app.close()
@@ -257,3 +282,110 @@ def test_leadership_moves_to_another_process_when_the_leader_is_killed(
             proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
+
+
+# -- one election per leader-scoped plugin ------------------------------------------------
+
+
+class Other(Duty):
+    @classmethod
+    def get_identifier(cls) -> str:
+        return "tests.other_duty"
+
+
+def test_a_worker_without_leader_scoped_plugins_takes_part_in_no_election(db_path: Path) -> None:
+    clock = FakeClock()  # never advanced: a lease taken by the first worker would never run out
+    bystander = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=60)])
+    app = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=60), Duty()])
+    recorder = Recorder(app)
+    with bystander.running() as idle, app.running() as worker:
+        gained = recorder.next("leadership.gained")
+        assert gained.data == {"worker_id": worker.id, "term": 1, "plugin": DUTY}
+        assert worker.is_leader and worker.leads(DUTY)
+        assert not idle.is_leader and idle.leader_plugins == ()
+        assert set(Leadership.leases(app)) == {DUTY}
+    bystander.close()
+    app.close()
+
+
+def test_workers_with_different_leader_plugins_do_not_block_each_other(db_path: Path) -> None:
+    clock = FakeClock()  # never advanced: only a hand-over can move a lease
+    first = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=60, renew_interval_s=0.1), Duty()])
+    second = minijobs.App(db_path, clock=clock, plugins=[Leadership(lease_s=60, renew_interval_s=0.1), Duty(),
+                                                         Other()])
+    first_events, second_events = Recorder(first), Recorder(second)
+    with first.running() as w1:
+        assert first_events.next("leadership.gained").data["plugin"] == DUTY
+        with second.running() as w2:
+            gained = second_events.next("leadership.gained")
+            # The second worker leads what only it runs, although the first one came first.
+            assert gained.data["plugin"] == "tests.other_duty" and w2.leads("tests.other_duty")
+            leases = Leadership.leases(second)
+            assert {name: lease.owner for name, lease in leases.items()} == {DUTY: w1.id, "tests.other_duty": w2.id}
+            assert w1.leads(DUTY) and not w2.leads(DUTY)
+            w1.stop()
+            gained = second_events.next("leadership.gained")
+            assert gained.data == {"worker_id": w2.id, "term": 2, "plugin": DUTY}
+    first.close()
+    second.close()
+
+
+NO_CRON_CHILD = textwrap.dedent(
+    """
+    import sys
+    import minijobs
+
+    app = minijobs.App(sys.argv[1])  # the default plugins: Leadership, Recovery, Pruner; no Cron
+
+    def say(event):
+        print(event.name, event.data["plugin"], flush=True)
+
+    app.events.subscribe("leadership.gained", say)
+    app.run_worker()
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_process_without_cron_never_stops_cron_firing_in_a_process_with_cron(
+    db_path: Path, subprocess_env: dict[str, str], python: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "no_cron_child.py"
+    script.write_text(NO_CRON_CHILD)
+    child = subprocess.Popen([python, str(script), str(db_path)], env=subprocess_env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        # It leads before the Cron process starts: with one election for everything it would keep it.
+        assert child.stdout.readline().split() == ["leadership.gained", "minijobs.pruner"]
+        clock = FakeClock()
+        fired = threading.Event()
+        app = minijobs.App(db_path, clock=clock, queues=[minijobs.Queue("cron")],
+                           plugins=[Leadership(), Cron()])
+
+        @app.job(name="tick", queue="cron")  # a queue the child does not serve
+        def tick() -> None:
+            fired.set()
+
+        app.reconfigure(plugins=[Leadership(), Cron([CronSchedule("minutely", "* * * * *", job=tick)])])
+        recorder = Recorder(app)
+        with app.running() as worker:
+            gained = recorder.next("leadership.gained")
+            assert gained.data["plugin"] == "minijobs.cron" and gained.data["worker_id"] == worker.id
+            deadline = time.monotonic() + WAIT_S
+            while not fired.wait(0.05):
+                assert time.monotonic() < deadline, "cron never fired in the process that has Cron"
+                clock.advance(60)
+            leases = Leadership.leases(app)
+            assert leases["minijobs.cron"].owner == worker.id
+            assert leases["minijobs.pruner"].owner != worker.id  # the child still leads what it runs
+        app.close()
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            assert child.wait(timeout=30) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            if child.stdout is not None:
+                child.stdout.close()

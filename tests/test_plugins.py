@@ -52,6 +52,18 @@ def test_missing_dependency_duplicates_and_non_plugins_are_refused(db_path: Path
     minijobs.App(db_path, plugins=[Leadership(), Pruner(), Cron()])  # satisfied
 
 
+def test_a_leader_scoped_plugin_without_leadership_is_refused_naming_the_fix(db_path: Path) -> None:
+    """It would be accepted and never run: nothing could elect a leader for it."""
+    fix = r"tests\.leader_probe runs on the leader only .* add minijobs\.plugins\.Leadership\(\) to the app's plugins"
+    with pytest.raises(minijobs.ConfigurationError, match=fix):
+        minijobs.App(db_path, plugins=[Recovery(), LeaderProbe()])
+    app = minijobs.App(db_path, plugins=[Leadership(), Recovery()])
+    with pytest.raises(minijobs.ConfigurationError, match=fix):
+        app.reconfigure(plugins=[Recovery(), LeaderProbe()])
+    assert [p.get_identifier() for p in app.plugins] == ["minijobs.leadership", "minijobs.recovery"]  # unchanged
+    minijobs.App(db_path, plugins=[Leadership(), LeaderProbe()])  # satisfied
+
+
 class Probe(Plugin):
     """Records what the worker does with it."""
 
@@ -86,7 +98,7 @@ def test_drain_runs_no_plugin_but_calls_on_drain(db_path: Path) -> None:
     noop.enqueue()
     assert app.drain() == 1
     assert probe.runs == 0 and probe.drained == 1
-    assert Leadership.current(app) is None  # no election happened: drain stays a quick burst
+    assert Leadership.leases(app) == {}  # no election happened: drain stays a quick burst
 
 
 # -- configuration ----------------------------------------------------------------------
@@ -352,7 +364,15 @@ class LeaderProbe(Plugin):
 
 def test_leader_scope_plugin_runs_only_while_leader(db_path: Path) -> None:
     probe = LeaderProbe()
-    app = minijobs.App(db_path, plugins=[probe])  # no Leadership: the test plays the elector
+    clock = FakeClock()  # never advanced: the ghost below keeps the election, so the test plays the elector
+    app = minijobs.App(db_path, clock=clock, plugins=[Leadership(), probe])
+    app.open()
+    app.store.execute_write(
+        "plant lease",
+        "INSERT INTO minijobs_leadership (name, owner, term, acquired_at, renewed_at, expires_at) "
+        "VALUES ('tests.leader_probe', 'ghost', 1, :now, :now, :now + 3600)",
+        {"now": clock.now()},
+    )
     with app.running() as worker:
         assert not probe.running.wait(0.1) and probe.starts == 0
         worker.call_soon(worker.set_leader, True)
@@ -544,7 +564,7 @@ def test_event_hub_patterns_unsubscribe_and_failing_subscribers(caplog: pytest.L
 
 
 def test_app_and_worker_emit_events(db_path: Path) -> None:
-    app = minijobs.App(db_path, plugins=[Leadership(lease_s=5)])
+    app = minijobs.App(db_path, plugins=[Leadership(lease_s=5), LeaderProbe()])  # a plugin to elect a leader for
     names: list[str] = []
     gained = threading.Event()
     completed: list[minijobs.Event] = []

@@ -86,7 +86,21 @@ class Executor(ABC):
     def make_context(self, job: Job) -> JobContext:
         ctx = JobContext(job, on_progress=self.worker.report_progress)
         self.contexts[job.id] = ctx
+        if self.worker.is_stopping:
+            ctx._request_cancel()  # pushed just before the stop began: it must see the stop as well
         return ctx
+
+    def flag_stopping(self) -> list[int]:
+        """Flag the context of every running job cancelled, recording nothing; return the jobs' ids.
+
+        Called when the worker starts a graceful stop, so that cooperative jobs
+        (``current_job().cancelled``, ``check_cancelled()``) end it early.  A job
+        may still finish within ``grace_s``, and then what it returns is written.
+        Jobs without a context here (a child process's) do not see it.
+        """
+        for ctx in self.contexts.values():
+            ctx._request_cancel()
+        return list(self.contexts)
 
     def on_job_starting(self, job: Job) -> Job:
         """Record ``job`` as running and let plugins see (and replace) it."""

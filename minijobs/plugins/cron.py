@@ -243,8 +243,23 @@ class Cron(Plugin):
 
     # -- running ---------------------------------------------------------------
 
+    def check(self, app: App) -> None:
+        """Raise :class:`~minijobs.ConfigurationError` for the first schedule ``app`` cannot enqueue.
+
+        That is a job name not registered in ``app`` (in this process), or a
+        job function of another App.  Workers call it when they start (before
+        any job runs) and ``minijobs cron list`` can call it, so a typo in
+        ``minijobs.toml`` is one line at start-up, not a plugin that crashes at
+        every restart.
+        """
+        for schedule in self._schedules:
+            try:
+                self._request(app, schedule, {})
+            except UnknownJobError as exc:
+                registered = ", ".join(sorted(app.registry)) or "none"
+                raise ConfigurationError(f"{exc} (registered: {registered})") from None
+
     async def run(self, worker: Worker, app: App) -> None:
-        self._check_jobs(app)
         while True:
             self.fire_due(app)
             if not self._schedules:
@@ -255,12 +270,7 @@ class Cron(Plugin):
                 return
 
     async def on_drain(self, worker: Worker, app: App) -> None:
-        self._check_jobs(app)
         self.fire_due(app)
-
-    def _check_jobs(self, app: App) -> None:
-        for schedule in self._schedules:
-            self._request(app, schedule, {})
 
     def fire_due(self, app: App) -> list[Fired]:
         """Enqueue (or skip, per misfire policy) the latest due slot of every schedule; return what this call did."""

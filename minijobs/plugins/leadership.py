@@ -1,11 +1,21 @@
-"""Leadership: exactly one leader among all processes that share the database file.
+"""Leadership: each leader-scoped plugin runs in exactly one process that has it.
 
-The leader holds a lease row in ``minijobs_leadership``.  Acquiring and
-renewing are one atomic statement (``INSERT … ON CONFLICT DO UPDATE … WHERE
-expired OR owner = me``), so two processes can never both win the same term.
-Followers retry right when the current lease expires, so a leader that dies
-(SIGKILL, power loss) is replaced within one lease period; a leader that stops
-cleanly hands the lease back at once.
+Leadership is elected per leader-scoped plugin, not once for the whole
+group: every leader-scoped plugin identifier (``minijobs.cron``,
+``minijobs.pruner``...) has its own lease row in ``minijobs_leadership``, and
+a worker takes part only in the elections of the leader-scoped plugins it
+runs.  One shared election would let a worker whose App has no Cron win it
+and leave cron firing nowhere (schedules from ``minijobs.toml`` reach only the
+command line's App, so an in-process worker beside it would do exactly
+that); per-plugin elections let workers with different plugin sets share a
+database without starving each other, and a worker without leader-scoped
+plugins takes part in none.
+
+Acquiring and renewing are one atomic statement (``INSERT … ON CONFLICT DO
+UPDATE … WHERE expired OR owner = me``), so two processes can never both win
+the same term.  Followers retry right when the current lease expires, so a
+leader that dies (SIGKILL, power loss) is replaced within one lease period; a
+leader that stops cleanly hands the lease back at once.
 
 A leader that cannot renew (database locked, process stalled, laptop lid
 closed) steps down *before* its lease expires: it tracks the deadline both on
@@ -39,8 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IDENTIFIER = "minijobs.leadership"
-_ELECTION = "leader"
-
 MIGRATIONS = (
     """
     CREATE TABLE minijobs_leadership (
@@ -52,6 +60,10 @@ MIGRATIONS = (
         expires_at REAL NOT NULL
     ) WITHOUT ROWID
     """,
+    # Rows are now named after the leader-scoped plugin they elect for.  The shared row goes, and
+    # the version bump makes a process of an older minijobs refuse this file rather than keep
+    # electing one leader for everything beside workers that elect per plugin.
+    "DELETE FROM minijobs_leadership WHERE name = 'leader'",
 )
 
 # Right-hand sides of SET see the row as it was, so the CASEs compare against the old owner.
@@ -68,7 +80,7 @@ WHERE owner = excluded.owner OR expires_at <= excluded.renewed_at
 RETURNING term
 """
 
-_CURRENT = "SELECT owner, term, acquired_at, renewed_at, expires_at FROM minijobs_leadership WHERE name = ?"
+_LEASES = "SELECT name, owner, term, acquired_at, renewed_at, expires_at FROM minijobs_leadership"
 
 _RESIGN = (
     "UPDATE minijobs_leadership SET expires_at = :now "
@@ -78,26 +90,44 @@ _RESIGN = (
 
 @dataclass(frozen=True, slots=True)
 class Leader:
-    """The lease as stored: who leads, since when, until when (UTC)."""
+    """A lease as stored: who leads the election of ``plugin``, since when, until when (UTC)."""
 
     owner: str
     term: int
     acquired_at: datetime
     renewed_at: datetime
     expires_at: datetime
+    #: Identifier of the leader-scoped plugin this election is for (e.g. ``"minijobs.cron"``).
+    plugin: str
 
     def is_valid(self, now: datetime) -> bool:
         return now < self.expires_at
 
 
-class Leadership(Plugin):
-    """Elects one leader among every worker of every process on the same database.
+@dataclass(slots=True)
+class _Election:
+    """This worker's view of one plugin's election."""
 
-    ``lease_s`` (default 15 s) bounds how long the group is leaderless after
-    the leader dies; the leader renews every ``renew_interval_s`` (default a
-    third of the lease) and steps down when less than a quarter of the lease
-    is left without a successful renewal.  Keep ``lease_s`` comfortably above
-    the app's ``busy_timeout_s``: a renewal may wait that long for the lock.
+    plugin: str
+    #: The term this worker leads in, None while it follows.
+    term: int | None = None
+    #: When leading: step down at whichever of these comes first (app clock, monotonic clock).
+    clock_deadline: float = 0.0
+    mono_deadline: float = 0.0
+    #: Next attempt, at whichever of these comes first (app clock, monotonic clock); 0 = now.
+    next_clock: float = 0.0
+    next_mono: float = 0.0
+
+
+class Leadership(Plugin):
+    """Elects, for every leader-scoped plugin, one leader among the workers on the database that run it.
+
+    ``lease_s`` (default 15 s) bounds how long a plugin goes without a leader
+    after its leader dies; the leader renews every ``renew_interval_s``
+    (default a third of the lease) and steps down when less than a quarter of
+    the lease is left without a successful renewal.  Keep ``lease_s``
+    comfortably above the app's ``busy_timeout_s``: a renewal may wait that
+    long for the lock.
     """
 
     migrations = MIGRATIONS
@@ -111,9 +141,6 @@ class Leadership(Plugin):
         self.lease_s = 15.0
         self.renew_interval_s = None
         self.configure({"lease_s": lease_s, "renew_interval_s": renew_interval_s})
-        self._term: int | None = None
-        self._clock_deadline = 0.0
-        self._mono_deadline = 0.0
 
     @classmethod
     def get_identifier(cls) -> str:
@@ -146,103 +173,124 @@ class Leadership(Plugin):
     # -- running ---------------------------------------------------------------
 
     async def run(self, worker: Worker, app: App) -> None:
+        elections = [_Election(plugin) for plugin in worker.leader_plugins]
+        if not elections:
+            logger.debug("worker %s runs no leader-scoped plugin: it takes part in no election", worker.id)
+            return
         try:
             while True:
-                wait_clock, wait_real = self._step(worker, app)
-                if not await self.sleep_until(app.clock.now() + wait_clock, at_most_s=wait_real):
+                mono, now = time.monotonic(), app.clock.now()
+                for election in elections:
+                    if now >= election.next_clock or mono >= election.next_mono:
+                        wait_clock, wait_real = self._step(worker, app, election)
+                        election.next_clock = app.clock.now() + wait_clock
+                        election.next_mono = time.monotonic() + wait_real
+                until = min(e.next_clock for e in elections)
+                real_s = max(0.0, min(e.next_mono for e in elections) - time.monotonic())
+                if not await self.sleep_until(until, at_most_s=real_s):
                     return
         finally:
-            self._resign(worker, app)
+            for election in elections:
+                self._resign(worker, app, election)
 
-    def _step(self, worker: Worker, app: App) -> tuple[float, float]:
+    def _step(self, worker: Worker, app: App, election: _Election) -> tuple[float, float]:
         """Try to acquire or renew once; return how long to wait (clock seconds, real seconds)."""
         mono = time.monotonic()
         now = app.clock.now()
         try:
-            term = self._acquire(app, worker.id, now)
+            term = self._acquire(app, election.plugin, worker.id, now)
         except StoreError as exc:
-            logger.warning("worker %s: leadership renewal failed: %s", worker.id, exc)
+            logger.warning("worker %s: leadership renewal (%s) failed: %s", worker.id, election.plugin, exc)
             term = None
             failed = True
         else:
             failed = False
+        leading = election.term is not None
         if term is not None:
-            self._clock_deadline = now + self.lease_s - self.margin_s
-            self._mono_deadline = mono + self.lease_s - self.margin_s
-            if worker.is_leader and term != self._term:
+            election.clock_deadline = now + self.lease_s - self.margin_s
+            election.mono_deadline = mono + self.lease_s - self.margin_s
+            if leading and term != election.term:
                 # Our lease lapsed and another process led in between: that was a different reign.
-                self._lose(worker, app, "another leader held the lease in between")
-            if not worker.is_leader:
-                self._gain(worker, app, term)
+                self._lose(worker, app, election, "another leader held the lease in between")
+                leading = False
+            if not leading:
+                self._gain(worker, app, election, term)
             return self.renew_every_s, self.renew_every_s
-        if worker.is_leader:
+        if leading:
             if not failed:
-                self._lose(worker, app, "another worker holds the lease")
-            elif time.monotonic() >= self._mono_deadline or app.clock.now() >= self._clock_deadline:
-                self._lose(worker, app, "could not renew the lease before it expired")
+                self._lose(worker, app, election, "another worker holds the lease")
+            elif time.monotonic() >= election.mono_deadline or app.clock.now() >= election.clock_deadline:
+                self._lose(worker, app, election, "could not renew the lease before it expired")
             else:
-                left = min(self._mono_deadline - time.monotonic(), self._clock_deadline - app.clock.now())
+                left = min(election.mono_deadline - time.monotonic(), election.clock_deadline - app.clock.now())
                 retry = max(0.001, min(self.renew_every_s / 2, left))
                 return retry, retry
         if failed:
             return self.renew_every_s, self.renew_every_s
         # A follower: try again right when the current lease runs out.
-        current = self.current(app)
+        current = self.current(app, plugin=election.plugin)
         if current is None:
             return 0.0, 0.0
         until_expiry = current.expires_at.timestamp() - app.clock.now()
         return max(0.0, until_expiry), max(0.001, min(self.renew_every_s, until_expiry))
 
-    def _acquire(self, app: App, owner: str, now: float) -> int | None:
+    def _acquire(self, app: App, plugin: str, owner: str, now: float) -> int | None:
         with app.store.transaction("acquire leadership") as conn:
             row = conn.execute(
-                _ACQUIRE, {"name": _ELECTION, "owner": owner, "now": now, "expires": now + self.lease_s}
+                _ACQUIRE, {"name": plugin, "owner": owner, "now": now, "expires": now + self.lease_s}
             ).fetchone()
         return None if row is None else int(row[0])
 
-    def _gain(self, worker: Worker, app: App, term: int) -> None:
-        self._term = term
-        worker.set_leader(True)
-        logger.info("worker %s is now the leader (term %d)", worker.id, term)
-        app.events.emit("leadership.gained", worker_id=worker.id, term=term)
+    def _gain(self, worker: Worker, app: App, election: _Election, term: int) -> None:
+        election.term = term
+        worker.set_leader(True, plugin=election.plugin)
+        logger.info("worker %s now leads %s (term %d)", worker.id, election.plugin, term)
+        app.events.emit("leadership.gained", worker_id=worker.id, term=term, plugin=election.plugin)
 
-    def _lose(self, worker: Worker, app: App, reason: str) -> None:
-        term, self._term = self._term, None
-        worker.set_leader(False)
-        logger.warning("worker %s is no longer the leader (term %s): %s", worker.id, term, reason)
-        app.events.emit("leadership.lost", worker_id=worker.id, term=term, reason=reason)
+    def _lose(self, worker: Worker, app: App, election: _Election, reason: str) -> None:
+        term, election.term = election.term, None
+        worker.set_leader(False, plugin=election.plugin)
+        logger.warning("worker %s no longer leads %s (term %s): %s", worker.id, election.plugin, term, reason)
+        app.events.emit("leadership.lost", worker_id=worker.id, term=term, plugin=election.plugin, reason=reason)
 
-    def _resign(self, worker: Worker, app: App) -> None:
+    def _resign(self, worker: Worker, app: App, election: _Election) -> None:
         """Hand the lease back so another process takes over at once (worker stopping)."""
-        if not worker.is_leader:
+        term = election.term
+        if term is None:
             return
-        term = self._term
         try:
             app.store.execute_write(
                 "resign leadership",
                 _RESIGN,
-                {"name": _ELECTION, "owner": worker.id, "term": term, "now": app.clock.now()},
+                {"name": election.plugin, "owner": worker.id, "term": term, "now": app.clock.now()},
             )
         except StoreError as exc:
-            logger.warning("worker %s: could not hand the lease back (it expires by itself): %s", worker.id, exc)
-        term, self._term = self._term, None
-        worker.set_leader(False)
-        logger.info("worker %s resigned leadership (term %s)", worker.id, term)
-        app.events.emit("leadership.lost", worker_id=worker.id, term=term, reason="worker stopping")
+            logger.warning("worker %s: could not hand the lease of %s back (it expires by itself): %s",
+                           worker.id, election.plugin, exc)
+        election.term = None
+        worker.set_leader(False, plugin=election.plugin)
+        logger.info("worker %s resigned leadership of %s (term %s)", worker.id, election.plugin, term)
+        app.events.emit("leadership.lost", worker_id=worker.id, term=term, plugin=election.plugin,
+                        reason="worker stopping")
 
     # -- inspection ------------------------------------------------------------
 
     @staticmethod
-    def current(app: App) -> Leader | None:
-        """The lease as stored (possibly expired), or None if nobody ever led."""
-        rows = app.store.query("read leadership", _CURRENT, (_ELECTION,))
-        if not rows:
-            return None
-        owner, term, acquired_at, renewed_at, expires_at = rows[0]
-        return Leader(
-            owner=owner,
-            term=int(term),
-            acquired_at=to_datetime(acquired_at),  # type: ignore[arg-type]
-            renewed_at=to_datetime(renewed_at),  # type: ignore[arg-type]
-            expires_at=to_datetime(expires_at),  # type: ignore[arg-type]
-        )
+    def current(app: App, *, plugin: str) -> Leader | None:
+        """The lease of ``plugin``'s election as stored (possibly expired), or None if nobody ever led it."""
+        return Leadership.leases(app).get(plugin)
+
+    @staticmethod
+    def leases(app: App) -> dict[str, Leader]:
+        """Every stored lease (possibly expired), by the identifier of the plugin it elects for."""
+        return {
+            name: Leader(
+                owner=owner,
+                term=int(term),
+                acquired_at=to_datetime(acquired_at),  # type: ignore[arg-type]
+                renewed_at=to_datetime(renewed_at),  # type: ignore[arg-type]
+                expires_at=to_datetime(expires_at),  # type: ignore[arg-type]
+                plugin=name,
+            )
+            for name, owner, term, acquired_at, renewed_at, expires_at in app.store.query("read leadership", _LEASES)
+        }

@@ -27,9 +27,10 @@ def set_clock(path: Path, value: float) -> None:
 
 
 def leader(db: Path) -> str | None:
+    """The worker leading the cron plugin's election (each leader-scoped plugin has its own)."""
     conn = sqlite3.connect(db)
     try:
-        row = conn.execute("SELECT owner FROM minijobs_leadership WHERE name='leader'").fetchone()
+        row = conn.execute("SELECT owner FROM minijobs_leadership WHERE name='minijobs.cron'").fetchone()
     except sqlite3.OperationalError:
         return None  # table not created yet
     finally:

@@ -40,7 +40,9 @@ def rows(app: App, ids: list[int]) -> list[tuple[str, int, str]]:
 def test_sigterm_finishes_short_jobs_and_releases_long_ones(fleet: Fleet, app: App, kind: str, n: int) -> None:
     grace = 1.0
     victim = fleet.worker("--queue", f"default:{4 * n}:{kind}", "--grace-s", str(grace))
-    short = enqueue(fleet, app, ATASK, {"sleep_s": 0.3}, n) + enqueue(fleet, app, TASK, {"sleep_s": 0.3}, n)
+    # Short sync bodies that ignore cancellation: a body that checks it gives up when the stop begins
+    # (it sees current_job().cancelled at once) and is released like the long ones.
+    short = enqueue(fleet, app, ATASK, {"sleep_s": 0.3}, n) + enqueue(fleet, app, TASK, {"stubborn_s": 0.3}, n)
     long = (enqueue(fleet, app, ATASK, {"sleep_s": 60, "in_pid": victim.pid}, n)
             + enqueue(fleet, app, TASK, {"sleep_s": 60, "in_pid": victim.pid}, n))
     wait_until(lambda: len(ledger.read(fleet.ledger_dir).executions) == 4 * n, what="every body to start")
