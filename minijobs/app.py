@@ -492,6 +492,11 @@ class App:
             scheduled, now, spec.unique_key, meta, scheduled > now,
         )
 
+    @property
+    def enqueue_queues(self) -> frozenset[str]:
+        """Names of the queues jobs may be enqueued to: the declared ones and ``remote_queues``."""
+        return self._enqueue_queues
+
     def _unknown_queue(self, name: str) -> UnknownQueueError:
         declared = ", ".join(sorted(self._enqueue_queues))
         return UnknownQueueError(

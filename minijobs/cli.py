@@ -720,6 +720,7 @@ def cmd_cron_list(s: Session) -> int:
     plugin = next((p for p in app.plugins if isinstance(p, Cron)), None)
     if plugin is None:
         raise CLIError("this app has no Cron plugin (add minijobs.plugins.Cron, or a [plugins.cron] table)")
+    plugin.check(app)  # a schedule its worker would refuse is the same one-line error here
     now = datetime.fromtimestamp(app.clock.now(), UTC)
     rows: list[dict[str, Any]] = []
     for entry in plugin.schedules():

@@ -482,6 +482,23 @@ def test_the_cli_worker_refuses_a_schedule_naming_an_unregistered_job_in_one_lin
     lines = proc.stderr.strip().splitlines()
     assert re.fullmatch(f"minijobs: error: {UNKNOWN_JOB}", lines[-1]), proc.stderr
     assert "Traceback" not in proc.stderr and "restarting" not in proc.stderr
+    listed = subprocess.run([sys.executable, "-m", "minijobs", "cron", "list"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert listed.returncode == 1 and listed.stdout == "", listed
+    assert re.fullmatch(f"minijobs: error: {UNKNOWN_JOB}\n", listed.stderr), listed.stderr
+
+
+def test_a_schedule_whose_job_goes_to_an_undeclared_queue_is_refused_at_start(db_path: Path) -> None:
+    app, cron = make_cron_app(db_path, FakeClock(), [CronSchedule("typo", "* * * * *", job="mailer")])
+
+    @app.job(name="mailer", queue="emial")
+    def mailer() -> None:
+        return None
+
+    expected = "cron schedule 'typo': its job 'mailer' goes to queue 'emial', which this App does not declare"
+    with pytest.raises(minijobs.ConfigurationError, match=re.escape(expected)):
+        app.drain()
+    app.close()
 
 
 def test_configured_from_toml_with_job_names(db_path: Path) -> None:

@@ -254,10 +254,15 @@ class Cron(Plugin):
         """
         for schedule in self._schedules:
             try:
-                self._request(app, schedule, {})
+                request = self._request(app, schedule, {})
             except UnknownJobError as exc:
                 registered = ", ".join(sorted(app.registry)) or "none"
                 raise ConfigurationError(f"{exc} (registered: {registered})") from None
+            if request.spec.queue not in app.enqueue_queues:
+                raise ConfigurationError(
+                    f"cron schedule {schedule.name!r}: its job {request.function.name!r} goes to queue "
+                    f"{request.spec.queue!r}, which this App does not declare"
+                )
 
     async def run(self, worker: Worker, app: App) -> None:
         while True:
