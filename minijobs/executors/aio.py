@@ -79,9 +79,11 @@ class AsyncExecutor(Executor):
             else:
                 self._in_thread.add(job.id)
                 try:
-                    result = await self._run_sync(func, args, kwargs)
+                    error, result = await self._run_sync(func, args, kwargs)
                 finally:
                     self._in_thread.discard(job.id)
+                if error is not None:
+                    raise error  # caught below, in this frame (out of a coroutine, StopIteration would change)
             if result is not None and inspect.isawaitable(result):
                 result = await result
         except asyncio.CancelledError as cancelled:
@@ -113,16 +115,19 @@ class AsyncExecutor(Executor):
             known = self._is_async[func] = inspect.iscoroutinefunction(func)
         return known
 
-    async def _run_sync(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def _run_sync(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[BaseException | None, Any]:
+        """(error, result) of ``func`` run in the pool.
+
+        The exception comes back as a value: an asyncio future refuses some (StopIteration), and
+        neither it nor the pool thread should carry a job's SystemExit.
+        """
         if self._pool is None:
             self._pool = DaemonThreadPool(self._sync_threads, thread_name_prefix=f"minijobs-{self.queue.name}")
-        # The exception comes back as a value: an asyncio future refuses some (StopIteration) and
-        # neither it nor the pool thread should carry a job's SystemExit; the caller raises it here.
         call = functools.partial(contextvars.copy_context().run, call_capturing, func, args, kwargs)
-        error, result = await self.worker.loop.run_in_executor(self._pool, call)
-        if error is not None:
-            raise error
-        return result
+        outcome: tuple[BaseException | None, Any] = await self.worker.loop.run_in_executor(self._pool, call)
+        return outcome
 
     def cancel(self, job_id: int, *, reason: CancelReason = "cancel") -> None:
         task = self._tasks.get(job_id)

@@ -175,7 +175,9 @@ class ConcurrentExecutor(Executor):
                 logger.exception("job %d attempt %d: its %s could not be handled", call.job.id, call.job.attempts,
                                  "progress report" if is_progress else "completion", extra={"job_id": call.job.id})
                 if not is_progress and not call.abandoned and self.running.get(call.job.id) is call.job:
-                    self._settle(call, error, None)
+                    if self._calls.get(call.job.id) is call:
+                        del self._calls[call.job.id]
+                    self.on_job_completed(call.job, exc=error)
         if not self._calls:
             self.notify_idle()
 
