@@ -225,23 +225,26 @@ def test_cli_worker_survives_a_job_raising_system_exit_and_stops_cleanly_on_sigt
 ) -> None:
     (tmp_path / "exitapp.py").write_text(textwrap.dedent(WORKER_APP))
     app = minijobs.App(tmp_path / "jobs.sqlite3", plugins=[])  # the test's own handle: enqueue and wait
-    stand_ins = {name: app.job(name=name)(jobs.add) for name in ("exit3", "exit3_async", "interrupt", "add")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "minijobs", "--app", "exitapp:app", "worker"],
-        cwd=tmp_path, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        bad = [stand_ins[name].enqueue() for name in ("exit3", "exit3_async", "interrupt")]
-        failed = [wait(ref) for ref in bad]
-        later = wait(stand_ins["add"].enqueue(2, 3))
-        assert proc.poll() is None, "the worker died with its job"
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=WAIT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        app.close()
+    stand_ins = {name: app.job(name=name)(_stand_in) for name in ("exit3", "exit3_async", "interrupt", "add")}
+    log = tmp_path / "worker.log"  # a file, not a pipe nobody reads while the worker runs
+    with log.open("w") as stderr_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "minijobs", "--app", "exitapp:app", "worker"],
+            cwd=tmp_path, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=stderr_file,
+        )
+        try:
+            bad = [stand_ins[name].enqueue() for name in ("exit3", "exit3_async", "interrupt")]
+            failed = [wait(ref) for ref in bad]
+            later = wait(stand_ins["add"].enqueue(2, 3))
+            assert proc.poll() is None, "the worker died with its job:\n" + log.read_text()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=WAIT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            app.close()
+    stderr = log.read_text()
     assert proc.returncode == 0, stderr
     assert [(j.state, j.errors[-1].type) for j in failed] == [
         (JobState.FAILED, "SystemExit"), (JobState.FAILED, "SystemExit"), (JobState.FAILED, "KeyboardInterrupt"),
@@ -249,6 +252,10 @@ def test_cli_worker_survives_a_job_raising_system_exit_and_stops_cleanly_on_sigt
     assert failed[0].errors[-1].message == "3"
     assert (later.state, later.result) == (JobState.SUCCEEDED, 5)
     assert "stopped after 4 job attempt(s)" in stderr
+
+
+def _stand_in(*args: Any) -> None:
+    """Registered in the test's own app under the worker's job names, only to enqueue them; never run here."""
 
 
 # -- 2. progress is checked at the call, in the job -------------------------------------------

@@ -66,7 +66,7 @@ def _work(items: queue.SimpleQueue[_WorkItem | None], idle: threading.Semaphore)
             return
         try:
             item.run()
-        except BaseException:  # noqa: BLE001 - from a done-callback (the call's own error is on its future)
+        except BaseException:  # from a done-callback (the call's own error is on its future)
             # concurrent.futures logs a callback's Exception itself; anything else must not end this thread,
             # which would leave the pool one thread short for good.
             logger.exception("%s: a done-callback raised; the thread goes on", threading.current_thread().name)

@@ -154,7 +154,7 @@ class Executor(ABC):
                      exc_info=error, extra={"job_id": job.id})
         try:
             self.worker.job_completed(job, exc=stand_in(exc, error), result=None)
-        except Exception:  # noqa: BLE001 - nothing left to try; the job's lease will expire and it reruns
+        except Exception:  # nothing left to try; the job's lease will expire and it reruns
             logger.exception("job %d: not even a stand-in failure could be recorded; the job runs again once its "
                              "lease expires", job.id, extra={"job_id": job.id})
 

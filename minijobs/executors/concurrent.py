@@ -171,7 +171,7 @@ class ConcurrentExecutor(Executor):
             # Each entry on its own: one that cannot be handled must not lose the others of the batch.
             try:
                 self._handle(call, exc, value, is_progress)
-            except Exception as error:  # noqa: BLE001 - logged; a completion is still settled, as a failure
+            except Exception as error:  # logged; a completion is still settled, as a failure
                 logger.exception("job %d attempt %d: its %s could not be handled", call.job.id, call.job.attempts,
                                  "progress report" if is_progress else "completion", extra={"job_id": call.job.id})
                 if not is_progress and not call.abandoned and self.running.get(call.job.id) is call.job:
