@@ -9,6 +9,7 @@ Each case runs on every executor, for plain ``def`` and ``async def`` jobs.
 from __future__ import annotations
 
 import enum
+import multiprocessing
 import signal
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def runner(db_path: Path) -> Iterator[Callable[..., Runner]]:
     yield make
     for r in made:
         r.app.close()
+    assert multiprocessing.active_children() == []  # every child process was stopped with its worker
 
 
 def wait(ref: minijobs.JobRef) -> minijobs.Job:
@@ -433,3 +435,18 @@ def test_a_batch_entry_that_cannot_be_handled_does_not_lose_the_rest(runner: Cal
     ]
     assert outcomes[1].errors[-1].type == "AttributeError"
     assert (outcomes[3].errors[-1].type, outcomes[3].errors[-1].message) == ("ValueError", "job 3 failed")
+
+
+def test_a_process_child_message_the_parent_cannot_handle_fails_that_job_and_a_new_child_goes_on(
+    runner: Callable[..., Runner],
+) -> None:
+    r = runner("process", concurrency=1)
+    smuggle = r.app.job(name="smuggle_nan_progress", max_attempts=1)(jobs.smuggle_nan_progress)
+    pid = r.app.job(name="pid")(jobs.pid)
+    with r.app.running() as worker:
+        first_pid = wait(pid.enqueue()).result
+        failed = wait(smuggle.enqueue())
+        later = wait(pid.enqueue())
+        assert not worker.stopped.is_set()
+    assert (failed.state, failed.attempts, failed.errors[-1].type) == (JobState.FAILED, 1, "minijobs.PayloadValueError")
+    assert later.state is JobState.SUCCEEDED and later.result != first_pid  # the child that spoke NaN was replaced
