@@ -3,13 +3,69 @@
 from __future__ import annotations
 
 import contextvars
+import math
 import threading
 from collections.abc import Callable
 
-from .errors import Cancelled, MinijobsError
+from . import payload
+from .errors import Cancelled, MinijobsError, PayloadTypeError, PayloadValueError
 from .job import Job, Progress
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("minijobs_current_job")
+
+#: Longest progress message accepted, in bytes of UTF-8 (a status line, not a log).
+MAX_PROGRESS_MESSAGE_BYTES = 4096
+#: ``done`` and ``total`` as integers must fit in 64 bits (JSON and SQLite readers; no 5,000-digit ints).
+_INT_LIMIT = 2**63
+
+#: What receives a validated report: the job id, the report and its JSON text as stored.
+ProgressCallback = Callable[[int, Progress, str], None]
+
+
+def encode_progress(done: object, total: object = None, message: object = None) -> tuple[Progress, str]:
+    """Check a progress report and encode it as the JSON text stored in the job row.
+
+    The one place progress values are checked: ``set_progress`` calls it in the
+    job (so a bad value raises there, at the call), and the worker calls it only
+    for reports that did not come through a context (a process child's pipe).
+    What it returns cannot fail to encode or to store later, in the worker's loop.
+    Numbers are normalised to plain ``int``/``float`` and the message to a plain
+    ``str``, so subclasses (``IntEnum``, NumPy floats) are accepted as their values.
+    """
+    checked = Progress(done=_number("done", done), total=None if total is None else _number("total", total),
+                       message=None if message is None else _message(message))
+    text = payload.encode({"done": checked.done, "total": checked.total, "message": checked.message}, what="progress")
+    return checked, text
+
+
+def _number(label: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PayloadTypeError(f"progress {label} must be an int or a float, got {type(value).__name__}")
+    if isinstance(value, int):
+        if not -_INT_LIMIT <= value < _INT_LIMIT:
+            raise PayloadValueError(f"progress {label} must fit in 64 bits, got an integer of {value.bit_length()} bits")
+        return int(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise PayloadValueError(f"progress {label} must be a finite number, got {number!r}")
+    return number
+
+
+def _message(value: object) -> str:
+    if not isinstance(value, str):
+        raise PayloadTypeError(f"progress message must be str, got {type(value).__name__}")
+    text = str.__str__(value)  # a plain str even for a subclass (whose __str__ could say anything)
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError as exc:
+        raise PayloadValueError(
+            f"progress message contains {text[exc.start:exc.end]!r}, a lone surrogate that is not valid UTF-8"
+        ) from None
+    if size > MAX_PROGRESS_MESSAGE_BYTES:
+        raise PayloadValueError(
+            f"progress message is {size} bytes of UTF-8, over the {MAX_PROGRESS_MESSAGE_BYTES}-byte limit"
+        )
+    return text
 
 
 class JobContext:
@@ -25,7 +81,7 @@ class JobContext:
         self,
         job: Job,
         *,
-        on_progress: Callable[[int, Progress], None] | None = None,
+        on_progress: ProgressCallback | None = None,
         cancel_event: threading.Event | None = None,
     ) -> None:
         self.job = job
@@ -55,14 +111,17 @@ class JobContext:
             raise Cancelled(f"job {self.job.id} was cancelled")
 
     def set_progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
-        """Report progress; readers see it through ``app.get(id).progress`` and ``job.progress`` events."""
-        for label, value in (("done", done), ("total", total)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise TypeError(f"progress {label} must be a number, got {type(value).__name__}")
-        if message is not None and not isinstance(message, str):
-            raise TypeError(f"progress message must be str, got {type(message).__name__}")
+        """Report progress; readers see it through ``app.get(id).progress`` and ``job.progress`` events.
+
+        ``done`` and ``total`` must be finite ints or floats (not bools), ``message`` a
+        ``str`` valid as UTF-8 (no lone surrogates) of at most ``MAX_PROGRESS_MESSAGE_BYTES``.
+        Anything else raises :class:`~minijobs.errors.PayloadTypeError` or
+        :class:`~minijobs.errors.PayloadValueError` here, in the job, and nothing is reported:
+        a bad value never travels to the worker, where it could only be dropped.
+        """
+        progress, text = encode_progress(done, total, message)
         if self._on_progress is not None:
-            self._on_progress(self.job.id, Progress(done=done, total=total, message=message))
+            self._on_progress(self.job.id, progress, text)
 
     def _request_cancel(self) -> None:
         event = self._cancel

@@ -172,11 +172,17 @@ class Worker:
     def request_cancel(self, job_id: int) -> None:
         self.call_soon(self._cancel_local, job_id, "cancel")
 
-    def report_progress(self, job_id: int, progress: Progress) -> None:
-        """Called by job contexts (any thread); written to the DB at most every heartbeat tick."""
-        text = payload.encode(
-            {"done": progress.done, "total": progress.total, "message": progress.message}, what="progress"
-        )
+    def report_progress(self, job_id: int, progress: Progress, text: str | None = None) -> None:
+        """Called by job contexts (any thread); written to the DB at most every heartbeat tick.
+
+        ``text`` is the report as checked and encoded by :func:`~minijobs.context.encode_progress`
+        where the job called ``set_progress``; a report without it (a process child's pipe) is
+        checked here by that same function, and a bad one raises to the caller before it is noted.
+        """
+        if text is None:
+            from .context import encode_progress  # here, not at the top: only process reports need it
+
+            progress, text = encode_progress(progress.done, progress.total, progress.message)
         if self.in_loop_thread():
             # Noted now, not later: an executor that reports progress then completion from the
             # loop thread (process pipes, batched thread hops) must not see the progress dropped.

@@ -12,10 +12,12 @@ process, without polling or sleeping.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import minijobs
@@ -140,3 +142,101 @@ def exit_job() -> None:
 
 def pid() -> int:
     return os.getpid()
+
+
+# -- for tests/test_job_failures.py ----------------------------------------------------------
+
+
+class CustomBaseException(BaseException):
+    """A job's own BaseException subclass (not an Exception)."""
+
+
+class Unprintable(Exception):
+    """An exception whose ``str()`` raises: nothing may read its message directly."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot be printed")
+
+
+def _base_exception(which: str) -> BaseException:
+    made: dict[str, Callable[[], BaseException]] = {
+        "SystemExit": SystemExit,
+        "SystemExit(3)": lambda: SystemExit(3),
+        "KeyboardInterrupt": KeyboardInterrupt,
+        "GeneratorExit": GeneratorExit,
+        "CustomBaseException": lambda: CustomBaseException("custom"),
+        "StopIteration": StopIteration,
+        "CancelledError": asyncio.CancelledError,
+        "surrogate": lambda: ValueError("bad \udc80 byte"),
+        "Unprintable": Unprintable,
+    }
+    return made[which]()
+
+
+def raise_base(which: str) -> None:
+    raise _base_exception(which)
+
+
+async def raise_base_async(which: str) -> None:
+    await asyncio.sleep(0)
+    raise _base_exception(which)
+
+
+def exit_on_first_attempt() -> int:
+    """``sys.exit()`` on attempt 1; later attempts return their number."""
+    attempt = minijobs.current_job().attempt
+    if attempt == 1:
+        sys.exit(2)
+    return attempt
+
+
+async def exit_when_cancelled() -> None:
+    """Say "started", then answer the executor's cancellation with SystemExit instead of CancelledError."""
+    minijobs.current_job().set_progress(os.getpid())
+    try:
+        await asyncio.sleep(SAFETY_S)
+    except asyncio.CancelledError:
+        raise SystemExit(4) from None
+
+
+BAD_PROGRESS: dict[str, tuple[Any, Any, Any]] = {
+    "nan": (float("nan"), None, None),
+    "inf total": (1, float("inf"), None),
+    "-inf": (float("-inf"), 10, None),
+    "bool": (True, None, None),
+    "str done": ("1", None, None),
+    "huge int": (10**5000, None, None),
+    "surrogate message": (1, 2, "half \ud800 a pair"),
+    "bytes message": (1, 2, b"bytes"),
+    "long message": (1, 2, "x" * 5000),
+}
+
+
+def bad_progress(which: str) -> str:
+    """Report one of :data:`BAD_PROGRESS`; the error it raises (if any) is the job's failure."""
+    minijobs.current_job().set_progress(*BAD_PROGRESS[which])
+    return "reported"
+
+
+def gated(gate: str, then: str) -> str:
+    """Say "started", wait for ``GATES[gate]``, then return ``then`` or, for "raise:WHICH", raise WHICH."""
+    minijobs.current_job().set_progress(0)
+    GATES[gate].wait(SAFETY_S)
+    if then.startswith("progress:"):
+        return bad_progress(then.partition(":")[2])
+    if then.startswith("raise:"):
+        raise_base(then.partition(":")[2])
+    return then
+
+
+def smuggle_nan_progress() -> str:
+    """Go around ``set_progress``'s checks and send the parent a progress message with NaN in it.
+
+    Only for a ProcessExecutor child: stands for a child whose word the parent cannot handle.
+    """
+    from minijobs.executors import _child
+
+    _child.encode_message = lambda message: json.dumps(message).encode()  # allows NaN, unlike the real one
+    ctx = minijobs.current_job()
+    ctx._on_progress(ctx.id, minijobs.Progress(done=float("nan")), "")  # type: ignore[misc]
+    return "sent"

@@ -31,6 +31,7 @@ from typing import Any
 from .. import payload
 from ..context import JobContext, reset_current, set_current
 from ..job import Job, JobState, Progress
+from .base import await_capturing, utf8_safe
 
 #: How often the child checks that its parent is still alive.
 PARENT_CHECK_S = 0.5
@@ -68,7 +69,14 @@ def child_main(conn: Connection, modules: list[str], parent_pid: int, max_result
         message = json.loads(data)
         if message[0] != "run":
             return
-        send(execute(message[1], send, functions, import_errors, max_result_bytes))
+        spec = message[1]
+        closing = execute(spec, send, functions, import_errors, max_result_bytes)
+        try:
+            send(closing)
+        except OSError:
+            return  # the parent is gone
+        except Exception as exc:  # noqa: BLE001 - execute's answer is always sendable; if not, say why, stay up
+            send(["error", spec["id"], describe_exception(exc)])
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -93,7 +101,8 @@ def execute(
     """Run one job described by ``spec``; progress goes through ``send``; returns the closing message."""
     job_id = spec["id"]
 
-    def on_progress(_: int, progress: Progress) -> None:
+    def on_progress(_: int, progress: Progress, _text: str) -> None:
+        # Checked by the context already (finite numbers, UTF-8 message): it encodes for the pipe.
         if send is not None:
             send(["progress", job_id, progress.done, progress.total, progress.message])
 
@@ -122,7 +131,10 @@ def execute(
         try:
             result = func(*args, **kwargs)
             if inspect.isawaitable(result):
-                result = asyncio.run(_await(result))
+                # Captured inside the task and raised here, so a SystemExit never escapes the event loop.
+                error, result = asyncio.run(_await(result))
+                if error is not None:
+                    raise error
         finally:
             reset_current(token)
         text = None if result is None else payload.encode(
@@ -150,8 +162,8 @@ def run_in_interpreter(spec_json: str, max_result_bytes: int) -> str:
     return encode_message(execute(spec, None, _functions, errors, max_result_bytes)).decode()
 
 
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
+async def _await(awaitable: Awaitable[Any]) -> tuple[BaseException | None, Any]:
+    return await await_capturing(awaitable)
 
 
 def _dt(ts: float | None) -> datetime | None:
@@ -207,12 +219,13 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - same
         text = f"{kind.__qualname__}: {message}\n"
     module = "__main__" if kind.__module__ == "__mp_main__" else kind.__module__  # spawn renames the script
-    info: dict[str, Any] = {"module": module, "qualname": kind.__qualname__, "message": message,
-                            "traceback": text}
+    # Text a job put in its exception may hold lone surrogates, which the UTF-8 pipe cannot carry: escaped.
+    info: dict[str, Any] = {"module": module, "qualname": kind.__qualname__, "message": utf8_safe(message),
+                            "traceback": utf8_safe(text)}
     try:
-        json.dumps(list(exc.args), allow_nan=False)
+        encode_message(list(exc.args))
         info["args"] = list(exc.args)
-    except (TypeError, ValueError, RecursionError):
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         pass
     delay = getattr(exc, "delay_s", None)
     if isinstance(delay, int | float) and not isinstance(delay, bool):

@@ -12,7 +12,8 @@ recorded, or its job released for another worker to run (at-least-once).
 While the pool is in use it behaves as the executors relied on with
 ``ThreadPoolExecutor``: at most ``max_workers`` threads, a new thread only
 when no idle one is left, calls started in submission order, the returned
-future gets the result or the exception (``BaseException`` too), and
+future gets the result or the exception (``BaseException`` too: a job's
+``SystemExit`` never ends a pool thread), and
 ``shutdown(wait=..., cancel_futures=...)`` lets running calls finish.  It
 copies no context itself (the executors do), exactly like the standard pool.
 """
@@ -20,11 +21,14 @@ copies no context itself (the executors do), exactly like the standard pool.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import queue
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
+
+logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -60,7 +64,12 @@ def _work(items: queue.SimpleQueue[_WorkItem | None], idle: threading.Semaphore)
         if item is None:  # shut down: pass the signal on to the next idle thread
             items.put(None)
             return
-        item.run()
+        try:
+            item.run()
+        except BaseException:  # from a done-callback (the call's own error is on its future)
+            # concurrent.futures logs a callback's Exception itself; anything else must not end this thread,
+            # which would leave the pool one thread short for good.
+            logger.exception("%s: a done-callback raised; the thread goes on", threading.current_thread().name)
         del item  # drop the call's arguments and result before waiting for more
         idle.release()
 

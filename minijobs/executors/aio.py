@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..context import reset_current, set_current
 from ..job import Job
 from ._pool import DaemonThreadPool
-from .base import CancelReason, Executor
+from .base import CancelReason, Executor, call_capturing
 
 #: Whether ``asyncio.Task`` takes ``eager_start`` (Python 3.12+).
 _EAGER = sys.version_info >= (3, 12)
@@ -68,6 +68,10 @@ class AsyncExecutor(Executor):
             timer = self.worker.loop.call_later(job.timeout_s, functools.partial(self.cancel, job.id, reason="timeout"))
         exc: BaseException | None = None
         result: Any = None
+        stopped_for: CancelReason | None = None
+        # Every exception a job raises ends here, in the job's own task: one that escaped would end the
+        # task without a report (GeneratorExit: the job stays running) or, for SystemExit and
+        # KeyboardInterrupt, be re-raised out of the worker's event loop and end the worker.
         try:
             func, args, kwargs = self.get_function_and_kwargs(job)
             if self._coroutine_function(func):
@@ -75,26 +79,32 @@ class AsyncExecutor(Executor):
             else:
                 self._in_thread.add(job.id)
                 try:
-                    result = await self._run_sync(func, args, kwargs)
+                    error, result = await self._run_sync(func, args, kwargs)
                 finally:
                     self._in_thread.discard(job.id)
+                if error is not None:
+                    raise error  # caught below, in this frame (out of a coroutine, StopIteration would change)
             if result is not None and inspect.isawaitable(result):
                 result = await result
-        except asyncio.CancelledError:
-            reason = self._reasons.get(job.id, "shutdown")
-            exc = self.exception_for(reason, job)
-        except Exception as error:
+        except asyncio.CancelledError as cancelled:
+            if job.id in self._reasons or _cancel_requested():
+                stopped_for = "shutdown"  # a stop from outside the job (the executor's reason, if any, wins below)
+            else:
+                exc = cancelled  # the job's own (e.g. it awaited a future someone cancelled): a failure
+        except BaseException as error:  # noqa: BLE001 - SystemExit, KeyboardInterrupt...: this attempt's failure
             exc = error
         finally:
             if timer is not None:
                 timer.cancel()
             reset_current(token)
             self._tasks.pop(job.id, None)
-        stopped_for = self._reasons.pop(job.id, None)
-        if exc is None and stopped_for is not None:
-            # The job swallowed its cancellation; the reason still decides the outcome.
-            exc = self.exception_for(stopped_for, job)
-        self.on_job_completed(job, exc=exc, result=result)
+        stopped_for = self._reasons.pop(job.id, stopped_for)
+        if stopped_for is not None:
+            # The attempt was stopped: the reason decides the outcome, whether the job let its CancelledError
+            # through, swallowed it or raised something else instead (kept as the cause, in the traceback).
+            raised, exc = exc, self.exception_for(stopped_for, job)
+            exc.__cause__ = raised
+        self.on_job_completed(job, exc=exc, result=None if exc is not None else result)
 
     def _coroutine_function(self, func: Any) -> bool:
         try:
@@ -105,11 +115,19 @@ class AsyncExecutor(Executor):
             known = self._is_async[func] = inspect.iscoroutinefunction(func)
         return known
 
-    async def _run_sync(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def _run_sync(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[BaseException | None, Any]:
+        """(error, result) of ``func`` run in the pool.
+
+        The exception comes back as a value: an asyncio future refuses some (StopIteration), and
+        neither it nor the pool thread should carry a job's SystemExit.
+        """
         if self._pool is None:
             self._pool = DaemonThreadPool(self._sync_threads, thread_name_prefix=f"minijobs-{self.queue.name}")
-        call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
-        return await self.worker.loop.run_in_executor(self._pool, call)
+        call = functools.partial(contextvars.copy_context().run, call_capturing, func, args, kwargs)
+        outcome: tuple[BaseException | None, Any] = await self.worker.loop.run_in_executor(self._pool, call)
+        return outcome
 
     def cancel(self, job_id: int, *, reason: CancelReason = "cancel") -> None:
         task = self._tasks.get(job_id)
@@ -137,3 +155,9 @@ class AsyncExecutor(Executor):
             # Threads cannot be killed: abandon jobs still running in them (already released).
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def _cancel_requested() -> bool:
+    """True if someone called ``cancel()`` on the running task (not a CancelledError the job raised itself)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -9,17 +9,54 @@ release), batched with the other completions of the same loop iteration.
 Bookkeeping (``running``) lives in the worker's event-loop thread; executors
 whose jobs finish in other threads call :meth:`on_job_completed` from there
 and it hops to the loop.
+
+**No job can end its worker.**  Whatever a job raises, ``BaseException``
+included (``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit``, a custom
+``BaseException`` subclass, an ``asyncio.CancelledError`` the job raised
+itself), ends *that attempt* as a failure recording the exception's type;
+the worker and its other jobs go on.  Every executor catches at the point
+where job code returns to it (the task, the pool thread, the child's loop)
+and reports the exception through :meth:`on_job_completed`.  The only
+exception not treated so is the ``CancelledError`` an executor itself uses
+to stop a job for a cancel, timeout, lost lease or shutdown: then that reason
+decides the outcome, whatever the job raised while stopping.
+
+Such a failure is an ordinary one: it is retried while attempts remain.  A
+job's ``sys.exit()`` or ``KeyboardInterrupt`` says nothing about the job
+that another attempt could not fix (it is often a library's way of giving
+up, e.g. a CLI entry point called as a function), and an exception type
+cannot tell a permanent failure from a transient one any better than
+``ValueError`` can; ``max_attempts`` bounds the retries either way.  (A real
+Ctrl-C or SIGTERM never surfaces in job code: ``run_worker`` and the CLI
+handle them as signals that stop the worker gracefully.)
+
+**No job's outcome can be lost on its way in.**  If the worker cannot record
+an outcome (a job's exception whose ``str()`` raises or holds a lone
+surrogate, a result object that breaks during encoding), the attempt is
+recorded as a failure by a stand-in that names the original type, and the
+error is logged with the job's id.  Executors that handle several
+completions in one go handle each on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..context import JobContext
-from ..errors import Cancelled, JobReleased, JobTimeoutError, LeaseLostError, PayloadValueError, UnknownJobError
+from ..errors import (
+    Cancelled,
+    JobReleased,
+    JobTimeoutError,
+    LeaseLostError,
+    MinijobsError,
+    PayloadValueError,
+    UnknownJobError,
+)
 from ..job import Job
 
 if TYPE_CHECKING:
@@ -27,6 +64,8 @@ if TYPE_CHECKING:
     from ..worker import Worker
 
 CancelReason = Literal["cancel", "timeout", "shutdown", "lost"]
+
+logger = logging.getLogger(__name__)
 
 
 class Executor(ABC):
@@ -116,7 +155,22 @@ class Executor(ABC):
         if self.running.pop(job.id, None) is None:
             return  # already reported (e.g. a late result after a timeout)
         self.contexts.pop(job.id, None)
-        self.worker.job_completed(job, exc=exc, result=result)
+        try:
+            self.worker.job_completed(job, exc=exc, result=result)
+        except Exception as error:  # noqa: BLE001 - one broken outcome must not stop the caller's other work
+            self._record_stand_in(job, exc, error)
+
+    def _record_stand_in(self, job: Job, exc: BaseException | None, error: Exception) -> None:
+        """The worker could not record this attempt's outcome: record a failure that it can."""
+        what = "its error" if exc is not None else "its result"
+        logger.error("job %d (%s) attempt %d: %s could not be recorded (%s); recording a failure instead",
+                     job.id, job.name, job.attempts, what, _safe_text(f"{type(error).__name__}: ", error),
+                     exc_info=error, extra={"job_id": job.id})
+        try:
+            self.worker.job_completed(job, exc=stand_in(exc, error), result=None)
+        except Exception:  # nothing left to try; the job's lease will expire and it reruns
+            logger.exception("job %d: not even a stand-in failure could be recorded; the job runs again once its "
+                             "lease expires", job.id, extra={"job_id": job.id})
 
     def exception_for(self, reason: CancelReason, job: Job) -> BaseException:
         """The exception that stands for a job stopped by the executor for ``reason``."""
@@ -158,3 +212,88 @@ class Executor(ABC):
                 pending -= done
         finally:
             hurry.cancel()
+
+
+# -- what a job raised, made safe to record ------------------------------------------------
+
+
+class _Traceback(Exception):
+    """Carries a traceback as text, as the ``__cause__`` of a stand-in error."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+_STAND_INS: dict[tuple[str, str], type[MinijobsError]] = {}
+
+
+def stand_in(exc: BaseException | None, error: Exception) -> MinijobsError:
+    """An error that can be recorded in place of ``exc``, which could not be (``error`` says why).
+
+    Its class is named after ``exc``'s (module and qualified name), so the error
+    record still says what the job raised; its message and traceback are
+    ``exc``'s as far as they can be read, with lone surrogates escaped.
+    With ``exc`` None (the result was what failed), a plain ``MinijobsError``.
+    """
+    reason = _safe_text(f"{type(error).__name__}: ", error)
+    if exc is None:
+        made = MinijobsError(f"the result could not be recorded: {reason}")
+        text = utf8_safe("".join(traceback.format_exception(error)))
+    else:
+        kind = type(exc)
+        key = (kind.__module__, kind.__qualname__)
+        cls = _STAND_INS.get(key)
+        if cls is None:
+            cls = _STAND_INS[key] = type(kind.__name__, (MinijobsError,), {
+                "__module__": kind.__module__, "__qualname__": kind.__qualname__,
+                "__doc__": f"Stands for a {kind.__module__}.{kind.__qualname__} that could not be recorded as such.",
+            })
+        made = cls(f"{_safe_text('', exc)} (recorded by a stand-in: {reason})")
+        text = utf8_safe("".join(traceback.format_exception(exc)))
+    made.__cause__ = _Traceback(text)
+    return made
+
+
+def _safe_text(prefix: str, exc: BaseException) -> str:
+    """``prefix + str(exc)`` that never raises and holds only valid UTF-8."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ is what we are working around
+        text = f"<unprintable {type(exc).__name__}>"
+    return utf8_safe(prefix + text)
+
+
+def utf8_safe(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\udc80``), so it encodes as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def call_capturing(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[BaseException | None, Any]:
+    """``(None, func(*args, **kwargs))``, or ``(exception, None)`` for *any* exception it raised.
+
+    For job code run where an exception must not travel by itself: an
+    ``asyncio`` future refuses ``StopIteration`` and re-raises ``SystemExit``
+    out of the loop; a pool thread must outlive its job.
+    """
+    try:
+        return None, func(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - the caller records it as the attempt's failure
+        return exc, None
+
+
+async def await_capturing(awaitable: Awaitable[Any]) -> tuple[BaseException | None, Any]:
+    """Like :func:`call_capturing` for an awaitable, run as a task's coroutine.
+
+    A task whose coroutine raises ``SystemExit`` or ``KeyboardInterrupt``
+    re-raises it out of ``run_forever`` (leaving the loop mid-step); caught
+    here, inside the coroutine, it stays a value.  ``CancelledError`` too: the
+    callers of this helper record a stop themselves and discard the outcome.
+    """
+    try:
+        return None, await awaitable
+    except BaseException as exc:  # noqa: BLE001 - see above
+        return exc, None

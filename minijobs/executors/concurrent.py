@@ -7,6 +7,9 @@ What it adds to :class:`~minijobs.Executor`:
   ``call_soon_threadsafe`` to the worker's loop; the loop then reports every
   call finished meanwhile in one go.  Progress reports travel in the same list
   so a job's last progress is always noted before its completion.
+* **Independent completions.**  Each entry of a batch is handled on its
+  own: one that cannot be (logged with its job id, and a completion still
+  settled, as a failure) does not lose the outcomes of the others.
 * **Timeouts and cancellation that do not wait for the call.**  A pool
   cannot stop a call it has started (Python cannot kill a thread), so on a
   timeout, cancel, lost lease or shutdown the attempt is *recorded at once*
@@ -25,6 +28,7 @@ import functools
 import logging
 import threading
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..context import JobContext
@@ -128,13 +132,26 @@ class ConcurrentExecutor(Executor):
         exc = future.exception()
         self.returned(call, exc, None if exc is not None else future.result())
 
+    def returned_from(self, call: Call, outcome: Callable[[], tuple[BaseException | None, Any]]) -> None:
+        """Report ``call`` with what ``outcome()`` says (error, result); if reading it fails, as that failure.
+
+        For done-callbacks that decode a call's answer: an exception escaping a future's callback is
+        only logged by :mod:`concurrent.futures`, and the job would stay running.
+        """
+        try:
+            exc, result = outcome()
+        except Exception as error:  # noqa: BLE001 - an undecodable answer is this attempt's failure
+            exc, result = error, None
+        self.returned(call, exc, result)
+
     def returned(self, call: Call, exc: BaseException | None, result: Any) -> None:
         """The call ended with ``result`` or ``exc``; safe from any thread, batched into one loop hop."""
         self._post(call, exc, result, False)
 
-    def _progress_from_pool(self, call: Call, job_id: int, progress: Progress) -> None:
+    def _progress_from_pool(self, call: Call, job_id: int, progress: Progress, text: str) -> None:
+        # Already checked and encoded by the job's context, in the job's thread: it cannot fail in the loop.
         if not call.abandoned:
-            self._post(call, None, progress, True)
+            self._post(call, None, (progress, text), True)
 
     def _post(self, call: Call, exc: BaseException | None, value: Any, is_progress: bool) -> None:
         with self._inbox_lock:
@@ -151,21 +168,35 @@ class ConcurrentExecutor(Executor):
             batch, self._inbox = self._inbox, []
             self._hop_pending = False
         for call, exc, value, is_progress in batch:
-            if is_progress:
-                if not call.abandoned:
-                    self.worker.report_progress(call.job.id, value)
-            elif call.abandoned:
-                self._abandoned.discard(call)
-                logger.info(
-                    "job %d attempt %d: call returned after its attempt was recorded; its %s is discarded",
-                    call.job.id, call.job.attempts, "error" if exc is not None else "result",
-                    extra={"job_id": call.job.id},
-                )
-                self.worker.wake()  # its slot is free again
-            else:
-                self._settle(call, exc, value)
+            # Each entry on its own: one that cannot be handled must not lose the others of the batch.
+            try:
+                self._handle(call, exc, value, is_progress)
+            except Exception as error:  # logged; a completion is still settled, as a failure
+                logger.exception("job %d attempt %d: its %s could not be handled", call.job.id, call.job.attempts,
+                                 "progress report" if is_progress else "completion", extra={"job_id": call.job.id})
+                if not is_progress and not call.abandoned and self.running.get(call.job.id) is call.job:
+                    if self._calls.get(call.job.id) is call:
+                        del self._calls[call.job.id]
+                    self.on_job_completed(call.job, exc=error)
         if not self._calls:
             self.notify_idle()
+
+    def _handle(self, call: Call, exc: BaseException | None, value: Any, is_progress: bool) -> None:
+        """One inbox entry: a progress report, or the end of a call (settled, or discarded if abandoned)."""
+        if is_progress:
+            if not call.abandoned:
+                progress, text = value
+                self.worker.report_progress(call.job.id, progress, text)
+        elif call.abandoned:
+            self._abandoned.discard(call)
+            logger.info(
+                "job %d attempt %d: call returned after its attempt was recorded; its %s is discarded",
+                call.job.id, call.job.attempts, "error" if exc is not None else "result",
+                extra={"job_id": call.job.id},
+            )
+            self.worker.wake()  # its slot is free again
+        else:
+            self._settle(call, exc, value)
 
     def _settle(self, call: Call, exc: BaseException | None, result: Any) -> None:
         if self._calls.get(call.job.id) is call:

@@ -65,12 +65,15 @@ class InterpreterExecutor(ConcurrentExecutor):
         if future.cancelled():
             self.returned(call, self.exception_for("shutdown", call.job), None)
             return
-        exc = future.exception()
-        if exc is not None:
-            self.returned(call, exc, None)
-            return
-        message: list[Any] = json.loads(future.result())
-        if message[0] == "done":
-            self.returned(call, None, None if message[2] is None else payload.decode(message[2]))
-        else:
-            self.returned(call, rebuild_exception(message[2]), None)
+        self.returned_from(call, functools.partial(_read_answer, future))
+
+
+def _read_answer(future: concurrent.futures.Future[str]) -> tuple[BaseException | None, Any]:
+    """(error, result) of a finished call: the pool's own error, or the subinterpreter's closing message."""
+    exc = future.exception()
+    if exc is not None:
+        return exc, None
+    message: list[Any] = json.loads(future.result())
+    if message[0] == "done":
+        return None, None if message[2] is None else payload.decode(message[2])
+    return rebuild_exception(message[2]), None

@@ -221,9 +221,33 @@ class ProcessExecutor(Executor):
         conn = child.conn
         try:
             while child.fd is not None and conn.poll():
-                self._on_message(child, conn.recv_bytes())
+                data = conn.recv_bytes()
+                try:
+                    self._on_message(child, data)
+                except Exception as exc:  # noqa: BLE001 - one bad message must not stop the reading of the others
+                    self._bad_message(child, data, exc)
         except (EOFError, OSError):
             self._stop_reading(child)  # the child is gone or going; its sentinel says when
+
+    def _bad_message(self, child: _Child, data: bytes, exc: Exception) -> None:
+        """A message that could not be handled: the child's word can no longer be trusted, so it is killed.
+
+        The job it runs, if still unsettled, fails with the error met here (retried if attempts
+        remain); a new child takes the dead one's place for the other jobs.
+        """
+        job = child.job
+        logger.error("queue %s: worker process %s sent a message that could not be handled (%d bytes: %r); "
+                     "killing it", self.queue.name, child.proc.pid, len(data), data[:200], exc_info=exc,
+                     extra={"job_id": job.id} if job is not None else {})
+        child.retiring = True  # its exit is expected: no warning, no start-failure count
+        if job is not None and child.reason is None:
+            child.job = None
+            self._by_job.pop(job.id, None)
+            if child.timer is not None:
+                child.timer.cancel()
+                child.timer = None
+            self._complete(job, exc, None)
+        _kill(child)
 
     def _stop_reading(self, child: _Child) -> None:
         if child.fd is not None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..context import reset_current, set_current
 from ._pool import DaemonThreadPool
+from .base import await_capturing
 from .concurrent import Call, ConcurrentExecutor
 
 if TYPE_CHECKING:
@@ -77,22 +78,31 @@ class ThreadExecutor(ConcurrentExecutor):
             reset_current(token)
 
     def _run_awaitable(self, call: Call, awaitable: Awaitable[Any]) -> Any:
+        if call.abandoned:  # cancelled before the task existed: its outcome is discarded, so do not start it
+            close = getattr(awaitable, "close", None)
+            if callable(close):
+                close()  # a coroutine never started must be closed, or it warns that it was never awaited
+            return None
         loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
         if loop is None or loop.is_closed():
             loop = asyncio.new_event_loop()
             self._local.loop = loop
             with self._loops_lock:
                 self._loops.append(loop)
-        task = asyncio.ensure_future(awaitable, loop=loop)
+        # The job's exception comes back as a value: a SystemExit or KeyboardInterrupt escaping the task
+        # would leave this thread's loop mid-step (and be logged as never retrieved); raised here, the
+        # caller records it like any other.
+        task = loop.create_task(await_capturing(awaitable))
         call.interrupt = (loop, task)
-        if call.abandoned:  # cancelled before the task existed
-            task.cancel()
         try:
-            return loop.run_until_complete(task)
+            error, result = loop.run_until_complete(task)
         finally:
             call.interrupt = None
             if self.stopped:
                 self._close_loop(loop)
+        if error is not None:
+            raise error
+        return result
 
     def interrupt(self, call: Call) -> None:
         """Cancel the task of an ``async def`` job in its thread's loop (plain functions only get the flag)."""
