@@ -15,6 +15,35 @@ import math
 MAX_DURATION_S = 100 * 365.25 * 86400.0
 
 
+#: The package minijobs was imported as: ``"minijobs"``, or e.g. ``"myapp._vendor.minijobs"`` when vendored.
+_PACKAGE = __name__.rpartition(".")[0]
+
+
+def public_module(module: str) -> str:
+    """``module`` as recorded: minijobs' own modules as ``minijobs...`` whatever path it was imported by.
+
+    Error records are read by name (``e.type == "minijobs.JobTimeoutError"``), so
+    a vendored copy must record the names the docs give, not its import path.
+    """
+    if module == _PACKAGE or module.startswith(_PACKAGE + "."):
+        return "minijobs" + module[len(_PACKAGE):]
+    return module
+
+
+def type_name(kind: type[BaseException]) -> str:
+    """The dotted name an error record gives an exception type.
+
+    Builtins bare (``"ValueError"``), minijobs' errors by their public name
+    (``"minijobs.JobTimeoutError"``), anything else ``module.qualname``.
+    """
+    module = public_module(kind.__module__)
+    if module == "builtins":
+        return kind.__qualname__
+    if module == "minijobs.errors":
+        return f"minijobs.{kind.__qualname__}"
+    return f"{module}.{kind.__qualname__}"
+
+
 class MinijobsError(Exception):
     """Root of every error raised by minijobs."""
 

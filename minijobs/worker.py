@@ -31,6 +31,7 @@ from .errors import (
     PayloadValueError,
     StoreError,
     UnknownJobError,
+    type_name,
 )
 from .executors.aio import AsyncExecutor
 from .executors.base import Executor
@@ -865,13 +866,9 @@ class Worker:
 
 
 def _error_record(exc: BaseException, attempt: int, now: float) -> dict[str, Any]:
-    kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ in ("builtins",) else f"{kind.__module__}.{kind.__qualname__}"
-    if name.startswith("minijobs.errors."):
-        name = "minijobs." + kind.__qualname__
     return {
         "attempt": attempt,
-        "type": name,
+        "type": type_name(type(exc)),
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
         "at": now,

@@ -30,6 +30,7 @@ from typing import Any
 
 from .. import payload
 from ..context import JobContext, reset_current, set_current
+from ..errors import public_module
 from ..job import Job, JobState, Progress
 from .base import await_capturing, utf8_safe
 
@@ -218,7 +219,8 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
         text = "".join(traceback.format_exception(exc))
     except Exception:  # noqa: BLE001 - same
         text = f"{kind.__qualname__}: {message}\n"
-    module = "__main__" if kind.__module__ == "__mp_main__" else kind.__module__  # spawn renames the script
+    # spawn renames the script; a vendored minijobs sends its errors under their public module name.
+    module = "__main__" if kind.__module__ == "__mp_main__" else public_module(kind.__module__)
     # Text a job put in its exception may hold lone surrogates, which the UTF-8 pipe cannot carry: escaped.
     info: dict[str, Any] = {"module": module, "qualname": kind.__qualname__, "message": utf8_safe(message),
                             "traceback": utf8_safe(text)}
