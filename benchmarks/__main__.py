@@ -18,7 +18,7 @@ from pathlib import Path
 from .cases import SCALE_SIZES, Bench, Settings, parse_json_arg
 from .harness import Progress, Result, format_markdown, format_table, machine_info, write_json
 
-GROUPS = ("enqueue", "drain", "latency", "scale", "idle", "workload")
+GROUPS = ("startup", "enqueue", "drain", "latency", "scale", "idle", "workload")
 EXECUTORS = ("async", "thread", "process")
 
 

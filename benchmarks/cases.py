@@ -39,6 +39,8 @@ T_LAT_XPROC_P50 = Target("<=", 10.0)
 T_IDLE = Target("<=", 1.0)
 T_SCALE_RATIO = Target(">=", 0.8)
 T_SCALE_MEMORY = Target("<=", 1.2)
+T_IMPORT_MS = Target("<=", 40.0)
+T_CLI_LIST_MS = Target("<=", 120.0)
 
 SCALE_SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 
@@ -62,12 +64,13 @@ class Settings:
     workload_kwargs: dict[str, Any] = field(default_factory=dict)
     workload_executor: str = "async"
     workload_jobs: int = 2_000
+    startup_runs: int = 21
 
     @classmethod
     def quick_run(cls) -> Settings:
         return cls(
             repeat=1, quick=True, enqueue_jobs=2_000, many_jobs=20_000, many_batch=5_000, drain_jobs=3_000,
-            latency_samples=40, scale=["10k"], scale_sample=2_000, idle_s=2.0, workload_jobs=300,
+            latency_samples=40, scale=["10k"], scale_sample=2_000, idle_s=2.0, workload_jobs=300, startup_runs=5,
         )
 
 
@@ -88,6 +91,51 @@ class Bench:
         app = jobs.build_app(self.db(label), executor=executor, concurrency=self.s.concurrency, **options)
         app.open()
         return app
+
+    # -- start-up ----------------------------------------------------------------
+
+    def startup(self) -> list[Result]:
+        """Wall time of fresh interpreters: bare, ``import minijobs``, and a CLI listing.
+
+        A producer-only process and every CLI call pay this once.  Each figure is
+        the median of ``startup_runs`` interleaved launches (bytecode cached by a
+        first launch), and is also shown as a multiple of the bare interpreter's
+        start in the same run, which drifts with the machine as much as ours does.
+        """
+        s = self.s
+        with _closing(self.app("startup")) as app:
+            db = app.path
+            fn = app.registry[jobs.NOOP]
+            for i in range(20):
+                fn.enqueue(i)
+        env = child_env()
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure what an installed package costs: cached bytecode
+        commands = {
+            "bare": [sys.executable, "-c", "pass"],
+            "import": [sys.executable, "-c", "import minijobs"],
+            "cli": [sys.executable, "-m", "minijobs", "--db", db, "jobs", "list", "--limit", "5"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for command in commands.values():  # first launch writes the bytecode caches
+            subprocess.run(command, env=env, check=True, capture_output=True, cwd=self.tmp)
+        for _ in range(s.startup_runs):
+            for name, command in commands.items():
+                t0 = time.perf_counter()
+                subprocess.run(command, env=env, check=True, capture_output=True, cwd=self.tmp)
+                times[name].append((time.perf_counter() - t0) * 1000)
+        bare = median(times["bare"])
+        added = [t - bare for t in times["import"]]
+        results = [
+            Result("startup", "bare interpreter start", "ms", samples=times["bare"],
+                   note="python -c pass: the ceiling the other start-up figures are compared with"),
+            Result("startup", "import minijobs (added to a bare start)", "ms", samples=added, target=T_IMPORT_MS,
+                   note=f"{median(added) / bare:.2f}x a bare start; no asyncio, executors or worker loaded"),
+            Result("startup", "minijobs --db F jobs list", "ms", samples=times["cli"], target=T_CLI_LIST_MS,
+                   note=f"{median(times['cli']) / bare:.2f}x a bare start; whole command, 20 jobs in the file"),
+        ]
+        for result in results:
+            self.progress("startup %s: %.0f ms", result.name, median(result.samples))
+        return [_finish(r) for r in results]
 
     # -- enqueue ---------------------------------------------------------------
 

@@ -1,4 +1,12 @@
-"""minijobs: durable background jobs on SQLite, in-process, standard library only."""
+"""minijobs: durable background jobs on SQLite, in-process, standard library only.
+
+The worker and the executors (asyncio, threads, processes) load on first use,
+as ``concurrent.futures`` loads its pools: a process that only enqueues, or a
+CLI call, pays for none of them (``import minijobs`` measured in benchmarks/).
+"""
+
+import sys
+from typing import TYPE_CHECKING, Any
 
 from .app import App, BoundJob, EnqueueRequest, JobFunction, JobRef
 from .backoff import Backoff
@@ -31,11 +39,9 @@ from .errors import (
     WaitTimeoutError,
 )
 from .events import Event, EventHub
-from .executors import AsyncExecutor, ConcurrentExecutor, Executor, ProcessExecutor, ThreadExecutor
 from .job import AttemptError, Job, JobState, Progress
 from .plugin import Plugin, PluginScope
 from .queue import Queue
-from .worker import Worker
 
 __version__ = "0.1.0"
 
@@ -92,9 +98,38 @@ __all__: tuple[str, ...] = (
     "current_job",
 )
 
-try:  # Python 3.14+ only (concurrent.futures.InterpreterPoolExecutor)
-    from .executors import InterpreterExecutor  # noqa: F401
-except ImportError:
-    pass
-else:
+if TYPE_CHECKING:
+    from .executors import AsyncExecutor, ConcurrentExecutor, Executor, ProcessExecutor, ThreadExecutor
+    from .worker import Worker
+
+#: Public names loaded on first access, and the module that defines each.
+_LAZY = {
+    "AsyncExecutor": ".executors",
+    "ConcurrentExecutor": ".executors",
+    "Executor": ".executors",
+    "ProcessExecutor": ".executors",
+    "ThreadExecutor": ".executors",
+    "InterpreterExecutor": ".executors",  # Python 3.14+ only
+    "Worker": ".worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # noqa: PLC0415 - the lazy loading this function exists for
+
+    value = getattr(importlib.import_module(module_name, __name__), name, None)
+    if value is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r} (InterpreterExecutor needs Python 3.14+)")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if sys.version_info >= (3, 14):
     __all__ = (*__all__, "InterpreterExecutor")

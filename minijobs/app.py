@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import inspect
 import logging
 import os
-import signal
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from . import payload
 from .backoff import Backoff
@@ -38,7 +36,9 @@ from .names import check_job_name, check_queue_name
 from .plugin import Plugin
 from .queue import Queue
 from .store import Durability, IntegrityCheck, NewJob, PayloadRun, SQLiteStore
-from .worker import Worker
+
+if TYPE_CHECKING:
+    from .worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -664,6 +664,7 @@ class App:
                     self._finished.wait(pause)
 
     async def _wait_async(self, job_id: int, timeout_s: float | None) -> Job:
+        import asyncio  # lazily: `import minijobs` loads no event loop machinery
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         pause = 0.001
@@ -702,6 +703,7 @@ class App:
         is left for a later drain.  With ``raise_on_failure``, the first job that
         ends failed raises :class:`~minijobs.JobFailedError` (after outcomes are written).
         """
+        import asyncio  # lazily: `import minijobs` loads no event loop machinery
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -709,6 +711,7 @@ class App:
         raise RuntimeError("drain() called inside a running event loop; use await app.drain_async()")
 
     async def drain_async(self, *, queues: Sequence[str] | None = None, raise_on_failure: bool = False) -> int:
+        from .worker import Worker  # lazily: `import minijobs` loads no event loop machinery
         worker = Worker(self, queues=queues, burst=True, raise_on_failure=raise_on_failure, grace_s=0)
         await worker.run()
         return worker.jobs_finished
@@ -720,6 +723,8 @@ class App:
         No signal handlers are installed; leaving the block stops the worker
         gracefully (running jobs get ``grace_s`` to finish, then are released).
         """
+        import asyncio  # lazily: `import minijobs` loads no event loop machinery
+        from .worker import Worker  # lazily: `import minijobs` loads no event loop machinery
         worker = Worker(self, **options)
         failure: list[BaseException] = []
 
@@ -750,6 +755,8 @@ class App:
     @contextlib.asynccontextmanager
     async def worker(self, **options: Any) -> AsyncIterator[Worker]:
         """Run a worker as a task in the caller's event loop for the duration of the block."""
+        import asyncio  # lazily: `import minijobs` loads no event loop machinery
+        from .worker import Worker  # lazily: `import minijobs` loads no event loop machinery
         worker = Worker(self, **options)
         self.open()
         task = asyncio.create_task(worker.run(), name=f"minijobs-worker-{worker.id}")
@@ -766,6 +773,9 @@ class App:
 
     def run_worker(self, **options: Any) -> None:
         """Run a worker in the foreground until SIGTERM or SIGINT (a second signal stops at once)."""
+        import asyncio  # lazily: `import minijobs` loads no event loop machinery
+        import signal  # lazily: `import minijobs` loads no event loop machinery
+        from .worker import Worker  # lazily: `import minijobs` loads no event loop machinery
         worker = Worker(self, **options)
 
         async def main() -> None:

@@ -23,10 +23,8 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -85,6 +83,8 @@ def load_config(path: str | os.PathLike[str] | None, *, required: bool = False) 
         if required:
             raise CLIError(f"config file {p} does not exist")
         return Config()
+    import tomllib  # noqa: PLC0415 - lazily: most calls have no config file
+
     with p.open("rb") as fh:
         try:
             data = tomllib.load(fh)
@@ -879,6 +879,8 @@ def cmd_bench(s: Session) -> int:
     argv = list(s.args.bench_args)
     if argv[:1] == ["--"]:
         argv = argv[1:]
+    import subprocess  # noqa: PLC0415 - lazily: only this command starts a process
+
     return subprocess.call([sys.executable, "-m", "benchmarks", *argv], env=env)
 
 

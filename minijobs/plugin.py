@@ -14,7 +14,6 @@ every key and type against :attr:`Plugin.config_schema`.  See docs/plugins.md.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import math
 import threading
@@ -27,6 +26,8 @@ from .errors import ConfigurationError
 from .job import Job
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .app import App
     from .worker import Worker
 
@@ -126,6 +127,7 @@ class Plugin(ABC):
         stopping.  Jumps of an observable clock (``FakeClock.advance``) are
         noticed at once, so tests drive periodic plugins without sleeping.
         """
+        import asyncio  # lazily: `import minijobs` loads no event loop machinery
         worker = self._worker
         if worker is None:
             return False
@@ -155,6 +157,7 @@ class Plugin(ABC):
                 unlisten()
 
     def _ensure_event(self) -> asyncio.Event:
+        import asyncio  # lazily: `import minijobs` loads no event loop machinery
         loop = asyncio.get_running_loop()
         with self._wake_lock:
             if self._wake_event is None or self._wake_loop is not loop:
@@ -164,6 +167,7 @@ class Plugin(ABC):
 
     async def _nap(self, seconds: float) -> bool | None:
         """Wait up to ``seconds``: None if stopping, True if :meth:`wake_up` was called, else False."""
+        import asyncio  # lazily: `import minijobs` loads no event loop machinery
         worker = self._worker
         if worker is None or worker.is_stopping:
             return None

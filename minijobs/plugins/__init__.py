@@ -6,15 +6,18 @@ and :class:`Pruner`.  Opt in: :class:`Cron`.  ``App(plugins=[])`` runs none.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..plugin import Plugin
-from .cron import Cron, CronSchedule
 from .leadership import Leader, Leadership
 from .pruner import Pruner, PruneReport, prune
 from .recovery import Recovery, RecoveryReport
+
+if TYPE_CHECKING:
+    from .cron import Cron, CronSchedule
 
 __all__ = (
     "BUILTINS",
@@ -26,19 +29,42 @@ __all__ = (
     "Pruner",
     "Recovery",
     "RecoveryReport",
+    "builtin",
     "default_plugins",
     "disabled_in",
     "from_config",
     "prune",
 )
 
-#: Table names accepted by :func:`from_config`, and the plugin each builds.
-BUILTINS: dict[str, type[Plugin]] = {
-    "leadership": Leadership,
-    "recovery": Recovery,
-    "pruner": Pruner,
-    "cron": Cron,
+#: Table names accepted by :func:`from_config`, and the module of the plugin each builds.
+BUILTINS: dict[str, str] = {
+    "leadership": ".leadership:Leadership",
+    "recovery": ".recovery:Recovery",
+    "pruner": ".pruner:Pruner",
+    "cron": ".cron:Cron",
 }
+
+#: Loaded on first access: Cron brings time zones and the calendar, which an App without it never needs.
+_LAZY = {"Cron": ".cron", "CronSchedule": ".cron"}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def builtin(table: str) -> type[Plugin] | None:
+    """The built-in plugin class a ``[plugins.<table>]`` table configures (None for an unknown name)."""
+    target = BUILTINS.get(table)
+    if target is None:
+        return None
+    module_name, _, class_name = target.partition(":")
+    cls: type[Plugin] = getattr(importlib.import_module(module_name, __name__), class_name)
+    return cls
 
 
 def default_plugins() -> list[Plugin]:
@@ -59,7 +85,7 @@ def from_config(mapping: Mapping[str, Any]) -> list[Plugin]:
         raise ConfigurationError(f"plugin configuration must be a table of tables, got {type(mapping).__name__}")
     plugins: list[Plugin] = []
     for name, options in mapping.items():
-        cls = BUILTINS.get(name)
+        cls = builtin(name)
         if cls is None:
             raise ConfigurationError(f"unknown plugin [plugins.{name}] (built-in plugins: {', '.join(BUILTINS)})")
         if not isinstance(options, Mapping):
@@ -79,7 +105,7 @@ def from_config(mapping: Mapping[str, Any]) -> list[Plugin]:
 def disabled_in(mapping: Mapping[str, Any]) -> set[str]:
     """Identifiers of plugins a configuration switches off with ``enabled = false``."""
     return {
-        BUILTINS[name].get_identifier()
+        cls.get_identifier()
         for name, options in mapping.items()
-        if name in BUILTINS and isinstance(options, Mapping) and options.get("enabled", True) is False
+        if isinstance(options, Mapping) and options.get("enabled", True) is False and (cls := builtin(name)) is not None
     }

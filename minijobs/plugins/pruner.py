@@ -24,7 +24,6 @@ It runs on the leader only.  :func:`prune` does one complete pass on demand
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -184,6 +183,8 @@ class Pruner(Plugin):
             if time.monotonic() >= deadline:
                 report.complete = False
                 break
+            import asyncio  # lazily: `import minijobs` loads no event loop machinery
+
             await asyncio.sleep(BATCH_PAUSE_S)
         report.jobs = batches.deleted
         report.plugins = _cleanup_plugins(app)
