@@ -147,7 +147,7 @@ class JobFunction(Generic[P, R]):
         self.spec = spec
         self.retry = retry
         self._signature = _Signature(func)
-        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+        functools.update_wrapper(self, func)
 
     def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise :class:`~minijobs.JobArgumentsError` (a ``TypeError``) if the call does not fit the function."""
@@ -188,7 +188,7 @@ class JobFunction(Generic[P, R]):
 
 
 def _spec_dict(spec: JobSpec) -> dict[str, Any]:
-    return {name: getattr(spec, name) for name in JobSpec.__slots__}  # type: ignore[attr-defined]
+    return {name: getattr(spec, name) for name in JobSpec.__slots__}
 
 
 class BoundJob(Generic[P, R]):

@@ -113,7 +113,7 @@ def _maybe_lossy(value: Any) -> bool:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
-def _is_flat(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> bool:
+def _is_flat(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
     """True if every argument is a plain scalar and every keyword a ``str`` of a real ``dict``.
 
     Such a call needs no lossiness or depth check: its JSON is exact and two levels deep.

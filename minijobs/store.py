@@ -1322,7 +1322,7 @@ class ChangeWatcher:
 
 def _closing_finalizer(
     owner: object, conn: sqlite3.Connection, lock: threading.RLock | None
-) -> weakref.finalize[..., None]:
+) -> weakref.finalize[Any, Any]:
     """Close ``conn`` when ``owner`` is garbage-collected or at interpreter exit, whichever comes first.
 
     An App that is never closed (a script, a test) must not leave its
