@@ -217,8 +217,12 @@ class Executor(ABC):
 # -- what a job raised, made safe to record ------------------------------------------------
 
 
-class _Traceback(Exception):
-    """Carries a traceback as text, as the ``__cause__`` of a stand-in error."""
+class TracebackText(Exception):
+    """Carries a traceback as text, as the ``__cause__`` of an error re-made elsewhere.
+
+    Used for stand-ins of errors that could not be recorded as raised, and for
+    errors re-created from a process child's description.
+    """
 
     def __init__(self, text: str) -> None:
         super().__init__(text)
@@ -254,7 +258,7 @@ def stand_in(exc: BaseException | None, error: Exception) -> MinijobsError:
             })
         made = cls(f"{_safe_text('', exc)} (recorded by a stand-in: {reason})")
         text = utf8_safe("".join(traceback.format_exception(exc)))
-    made.__cause__ = _Traceback(text)
+    made.__cause__ = TracebackText(text)
     return made
 
 

@@ -48,7 +48,7 @@ from .. import errors, payload
 from ..errors import ConfigurationError, ProcessDiedError, RemoteJobError, UnknownJobError
 from ..job import Job, Progress
 from ._child import child_main, encode_message
-from .base import CancelReason, Executor
+from .base import CancelReason, Executor, TracebackText
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -496,17 +496,6 @@ def _kill_leftover_children() -> None:
 
 # -- exceptions from children ----------------------------------------------------------
 
-class _RemoteTraceback(Exception):
-    """Carries the child's formatted traceback as the ``__cause__`` of the re-created exception."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.text}"""'
-
-
 _REMOTE_CLASSES: dict[tuple[str, str], type[RemoteJobError]] = {}
 
 
@@ -544,7 +533,7 @@ def rebuild_exception(info: dict[str, Any]) -> BaseException:
             exc = _construct(cls, message, args)
     if exc is None:
         exc = _remote_class(module, qualname)(message)
-    exc.__cause__ = _RemoteTraceback(str(info.get("traceback", "")))
+    exc.__cause__ = TracebackText(str(info.get("traceback", "")))
     return exc
 
 
