@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import inspect
 import json
 import logging
 import os
@@ -495,12 +494,6 @@ def cmd_enqueue(s: Session) -> int:
         raise ValueError("--args must be a JSON array, e.g. '[1, \"two\"]'")
     if not isinstance(call_kwargs, dict):
         raise ValueError("--kwargs must be a JSON object, e.g. '{\"name\": \"x\"}'")
-    try:
-        inspect.signature(function.func).bind(*call_args, **call_kwargs)
-    except TypeError as exc:
-        raise ValueError(f"arguments do not fit {args.name}{inspect.signature(function.func)}: {exc}") from None
-    except ValueError:
-        pass  # no signature available (some builtins): let the job decide
     overrides = {
         key: value
         for key, value in (
