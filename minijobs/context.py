@@ -101,12 +101,26 @@ class JobContext:
 
     @property
     def cancelled(self) -> bool:
-        """True once the job was cancelled, timed out or the worker is shutting down."""
+        """True once the job should stop: it was cancelled, it timed out, or its worker began a graceful stop.
+
+        The stop sets it for every running job at once, not after ``grace_s``,
+        so that a cooperative job can end the stop early: stopping then costs it
+        nothing (see :meth:`check_cancelled`).  A job may also ignore it and
+        return within ``grace_s``, and its result is written.  Jobs of a
+        ``ProcessExecutor`` child never see it: they are stopped by kill.
+        """
         event = self._cancel
         return event is not None and event.is_set()
 
     def check_cancelled(self) -> None:
-        """Raise :class:`~minijobs.Cancelled` if the job should stop now."""
+        """Raise :class:`~minijobs.Cancelled` if :attr:`cancelled` is True.
+
+        What is recorded depends on why: after ``app.cancel`` the job ends
+        ``cancelled``; after a timeout the ``JobTimeoutError`` stands; during a
+        graceful stop the job is released back to its queue instead (no attempt
+        used, its progress cleared), since nobody cancelled it and it must run
+        again.
+        """
         if self.cancelled:
             raise Cancelled(f"job {self.job.id} was cancelled")
 
