@@ -111,7 +111,7 @@ class _Signature:
     parameters, called positionally) is checked by counting instead.
     """
 
-    __slots__ = ("signature", "required", "positional")
+    __slots__ = ("positional", "required", "signature")
 
     def __init__(self, func: Callable[..., Any]) -> None:
         try:
@@ -213,7 +213,7 @@ class BoundJob(Generic[P, R]):
 class JobRef:
     """A handle on an enqueued job.  ``created`` is False when a unique key matched a live job."""
 
-    __slots__ = ("id", "app", "created")
+    __slots__ = ("app", "created", "id")
 
     def __init__(self, app: App, job_id: int, *, created: bool = True) -> None:
         self.app = app
@@ -475,6 +475,12 @@ class App:
             raise ConfigurationError(f"job {function.name!r} is registered on another App")
         if spec.queue not in self._enqueue_queues:
             raise self._unknown_queue(spec.queue)
+        if self._eager_hook is not None and spec.queue in self.remote_queues:
+            # Refused before the write: eager mode runs each job at once, here, and cannot run this one.
+            raise ConfigurationError(
+                f"eager mode: queue {spec.queue!r} is served by another process (remote_queues), so its jobs "
+                "cannot run in this one; declare it with App(queues=[...]) for the test"
+            )
         text = payload.encode_call(args, kwargs, max_bytes=self.max_payload_bytes)
         if spec.run_at is not None:
             scheduled = spec.run_at.timestamp()
@@ -724,6 +730,7 @@ class App:
         gracefully (running jobs get ``grace_s`` to finish, then are released).
         """
         import asyncio  # lazily: `import minijobs` loads no event loop machinery
+
         from .worker import Worker  # lazily: `import minijobs` loads no event loop machinery
         worker = Worker(self, **options)
         failure: list[BaseException] = []
@@ -756,6 +763,7 @@ class App:
     async def worker(self, **options: Any) -> AsyncIterator[Worker]:
         """Run a worker as a task in the caller's event loop for the duration of the block."""
         import asyncio  # lazily: `import minijobs` loads no event loop machinery
+
         from .worker import Worker  # lazily: `import minijobs` loads no event loop machinery
         worker = Worker(self, **options)
         self.open()
@@ -775,6 +783,7 @@ class App:
         """Run a worker in the foreground until SIGTERM or SIGINT (a second signal stops at once)."""
         import asyncio  # lazily: `import minijobs` loads no event loop machinery
         import signal  # lazily: `import minijobs` loads no event loop machinery
+
         from .worker import Worker  # lazily: `import minijobs` loads no event loop machinery
         worker = Worker(self, **options)
 

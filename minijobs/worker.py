@@ -36,7 +36,7 @@ from .errors import (
 from .executors.aio import AsyncExecutor
 from .executors.base import Executor
 from .job import AttemptError, Job, JobState, Progress, to_datetime
-from .limits import MAX_TIMESTAMP
+from .limits import MAX_TIMESTAMP, check_duration
 from .notify import DirectoryWatch
 from .plugin import Plugin, PluginScope, overrides
 from .store import Outcome
@@ -88,9 +88,12 @@ class Worker:
             if unknown:
                 raise ValueError(f"queues {unknown} are not declared on the app (declared: {sorted(known)})")
         self.queues = [q for q in app.queues if queues is None or q.name in queues]
-        self.lease_s = app.lease_s if lease_s is None else lease_s
-        self.grace_s = app.grace_s if grace_s is None else grace_s
-        self.poll_interval_s = app.poll_interval_s if poll_interval_s is None else poll_interval_s
+        # Checked as App checks its own defaults: a lease past a century could not be stored.
+        self.lease_s = app.lease_s if lease_s is None else check_duration(lease_s, "lease_s")
+        self.grace_s = app.grace_s if grace_s is None else check_duration(grace_s, "grace_s", allow_zero=True)
+        self.poll_interval_s = (
+            app.poll_interval_s if poll_interval_s is None else check_duration(poll_interval_s, "poll_interval_s")
+        )
         self.burst = burst
         self.raise_on_failure = raise_on_failure
         self.run_plugins = (not burst) if plugins is None else plugins

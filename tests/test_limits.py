@@ -169,3 +169,9 @@ def test_a_row_written_with_an_undeclared_queue_by_another_app_is_still_listed(t
     app = App(tmp_path / "jobs.sqlite3", plugins=[])
     assert [j.queue for j in app.jobs()] == ["elsewhere"]
     app.close()
+
+
+@pytest.mark.parametrize(("option", "value"), [("lease_s", 1e20), ("grace_s", -1), ("poll_interval_s", 0)])
+def test_worker_durations_are_checked_like_the_apps(app: App, option: str, value: float) -> None:
+    with pytest.raises(ConfigurationError, match=option), app.running(**{option: value}):
+        pytest.fail("the worker started")

@@ -298,8 +298,9 @@ def test_eager_refuses_jobs_of_queues_the_app_does_not_serve(tmp_path: Path) -> 
         @app.job(queue="elsewhere")
         def lost() -> None: ...
 
-        with eager(app), pytest.raises(ConfigurationError, match="'elsewhere'"):
+        with eager(app), pytest.raises(ConfigurationError, match="eager mode: queue 'elsewhere'"):
             lost.enqueue()
+        assert app.jobs() == []  # refused before anything was written
     finally:
         app.close()
 
