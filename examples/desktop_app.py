@@ -44,7 +44,7 @@ def export_photos(album: str, count: int) -> dict[str, object]:
     out = DATA_DIR / f"{album}.txt"
     with out.open("w") as fh:
         for i in range(1, count + 1):
-            job.check_cancelled()  # raises minijobs.Cancelled once the user pressed cancel
+            job.check_cancelled()  # raises minijobs.Cancelled once the user pressed cancel or the app quits
             time.sleep(0.01)  # pretend to resize a photo
             fh.write(f"{album}/photo-{i:03d}.jpg\n")
             job.set_progress(i, count, f"photo {i} of {count}")

@@ -253,8 +253,8 @@ class App:
     defined at import time in a module that process-pool children re-import.
 
     ``plugins=None`` (the default) runs the built-ins every deployment needs:
-    :class:`~minijobs.plugins.Leadership` (one leader among all processes on
-    the file), :class:`~minijobs.plugins.Recovery` (jobs of dead workers go
+    :class:`~minijobs.plugins.Leadership` (for each leader-scoped plugin, one
+    leader among the processes on the file that run it), :class:`~minijobs.plugins.Recovery` (jobs of dead workers go
     back to their queue) and :class:`~minijobs.plugins.Pruner` (finished jobs
     are deleted after 7 days).  Pass a list to choose (e.g. add
     :class:`~minijobs.plugins.Cron`), or ``plugins=[]`` to run none.

@@ -122,8 +122,9 @@ class Executor(ABC):
             raise PayloadValueError(f"job {job.id}: stored payload is not valid JSON job arguments")
         return registered.func, job.args, job.kwargs
 
-    def make_context(self, job: Job) -> JobContext:
-        ctx = JobContext(job, on_progress=self.worker.report_progress)
+    def make_context(self, job: Job, *, on_progress: Callable[..., None] | None = None) -> JobContext:
+        """The job's context, registered for cancellation; ``on_progress`` defaults to the worker's."""
+        ctx = JobContext(job, on_progress=self.worker.report_progress if on_progress is None else on_progress)
         self.contexts[job.id] = ctx
         if self.worker.is_stopping:
             ctx._request_cancel()  # pushed just before the stop began: it must see the stop as well

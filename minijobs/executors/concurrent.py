@@ -107,8 +107,7 @@ class ConcurrentExecutor(Executor):
         job = self.on_job_starting(job)
         call = Call(job)
         # Progress is bound to this call, so a late report of an abandoned call never lands on a newer attempt.
-        call.ctx = ctx = JobContext(job, on_progress=functools.partial(self._progress_from_pool, call))
-        self.contexts[job.id] = ctx
+        call.ctx = self.make_context(job, on_progress=functools.partial(self._progress_from_pool, call))
         self._calls[job.id] = call
         if job.timeout_s is not None:
             call.timer = self.worker.loop.call_later(
