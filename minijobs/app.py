@@ -100,9 +100,6 @@ class EnqueueRequest:
     kwargs: dict[str, Any]
     spec: JobSpec
 
-    def __post_init__(self) -> None:
-        self.function.check_call(self.args, self.kwargs)
-
 
 class _Signature:
     """Checks that a call fits a job function, so a job the worker would reject is never written.
@@ -123,6 +120,13 @@ class _Signature:
         #: With only plain parameters, a positional call fits when its length is within these bounds.
         self.required = sum(p.default is p.empty for p in params) if simple else -1
         self.positional = len(params) if simple else -1
+
+    def check_many(self, name: str, requests: Sequence[EnqueueRequest]) -> None:
+        """:meth:`check` for a batch; the counting test inlined, as it runs once per job of ``enqueue_many``."""
+        required, positional, check = self.required, self.positional, self.check
+        for request in requests:
+            if request.kwargs or not required <= len(request.args) <= positional:
+                check(name, request.args, request.kwargs)
 
     def check(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not kwargs and self.required <= len(args) <= self.positional:
@@ -511,7 +515,7 @@ class App:
         )
 
     def _enqueue_one(self, function: JobFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], spec: JobSpec) -> JobRef:
-        function.check_call(args, kwargs)
+        function._signature.check(function.name, args, kwargs)
         job_id, created = self.store.enqueue_one(self._new_row(function, args, kwargs, spec, self.clock.now()))
         if created:
             self._after_enqueue([job_id])
@@ -553,6 +557,7 @@ class App:
         :class:`PayloadRun`; anything else takes the per-call path (precise errors).
         """
         first = group[0]
+        first.function._signature.check_many(first.function.name, group)
         row = self._new_row(first.function, first.args, first.kwargs, first.spec, now)
         rows.append(row)
         max_bytes = self.max_payload_bytes

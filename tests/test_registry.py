@@ -82,12 +82,12 @@ def test_enqueue_binds_the_call_against_the_signature(
     assert rows(app) == (3 if fits else 0)
 
 
-def test_a_bad_request_in_a_batch_is_refused_when_prepared(app: App) -> None:
+def test_one_bad_request_refuses_the_whole_batch(app: App) -> None:
     fn = app.job(name="registry.plain")(plain)
-    with pytest.raises(JobArgumentsError):
-        fn.prepare(1, 2, 3)
-    with pytest.raises(JobArgumentsError):
-        minijobs.EnqueueRequest(fn, (), {}, fn.spec)
+    good = [fn.prepare(i) for i in range(50)]
+    for bad in (fn.prepare(1, 2, 3), minijobs.EnqueueRequest(fn, (), {}, fn.spec), fn.prepare(1, z=2)):
+        with pytest.raises(JobArgumentsError):
+            app.enqueue_many([*good, bad, *good])
     assert rows(app) == 0
 
 
