@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import payload
 from .backoff import Backoff
+from .context import encode_progress
 from .errors import (
     Cancelled,
     JobFailedError,
@@ -184,8 +185,6 @@ class Worker:
         checked here by that same function, and a bad one raises to the caller before it is noted.
         """
         if text is None:
-            from .context import encode_progress  # here, not at the top: only process reports need it
-
             progress, text = encode_progress(progress.done, progress.total, progress.message)
         if self.in_loop_thread():
             # Noted now, not later: an executor that reports progress then completion from the
