@@ -715,6 +715,8 @@ class App:
         ends failed raises :class:`~minijobs.JobFailedError` (after outcomes are written).
         """
         import asyncio  # lazily: `import minijobs` loads no event loop machinery
+
+        from . import worker as _  # noqa: F401 - loaded before the loop runs: in drain_async it stalls a loop step
         try:
             asyncio.get_running_loop()
         except RuntimeError:
