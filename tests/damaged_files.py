@@ -1,4 +1,4 @@
-"""Building a real database file and damaging chosen pages of it (for the damaged-file tests)."""
+"""Real database files for the bad-input tests: building one, damaging chosen pages, dumping its whole content."""
 
 from __future__ import annotations
 
@@ -6,6 +6,15 @@ import sqlite3
 from pathlib import Path
 
 from minijobs import App
+
+
+def dump(path: Path) -> list[str]:
+    """Every statement that recreates the file (schema and rows): "unchanged" means an equal dump."""
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
 
 
 def make_db(path: Path, jobs: int = 200) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from damaged_files import damage_deep_page, make_db
+from damaged_files import damage_deep_page, dump, make_db
 
 import minijobs
 from minijobs import (
@@ -35,14 +35,6 @@ from minijobs import (
     PayloadValueError,
     Queue,
 )
-
-
-def dump(path: Path) -> list[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return list(conn.iterdump())
-    finally:
-        conn.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ anyway (written by another program) make only their own job unreadable.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,18 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from damaged_files import dump
 
 import minijobs
 from minijobs import App, ConfigurationError, CorruptDatabaseError, JobNotFoundError, JobState, Queue
 from minijobs.testing import FakeClock
-
-
-def dump(path: Path) -> list[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return list(conn.iterdump())
-    finally:
-        conn.close()
 
 
 @pytest.fixture
