@@ -55,12 +55,7 @@ def _message(value: object) -> str:
     if not isinstance(value, str):
         raise PayloadTypeError(f"progress message must be str, got {type(value).__name__}")
     text = str.__str__(value)  # a plain str even for a subclass (whose __str__ could say anything)
-    try:
-        size = len(text.encode())
-    except UnicodeEncodeError as exc:
-        raise PayloadValueError(
-            f"progress message contains {text[exc.start:exc.end]!r}, a lone surrogate that is not valid UTF-8"
-        ) from None
+    size = payload.utf8_size(text, "progress message")
     if size > MAX_PROGRESS_MESSAGE_BYTES:
         raise PayloadValueError(
             f"progress message is {size} bytes of UTF-8, over the {MAX_PROGRESS_MESSAGE_BYTES}-byte limit"

@@ -17,7 +17,8 @@ __all__ = [
     "check_duration", "check_int", "check_text", "check_timestamp", "is_number",
 ]
 
-from .errors import MAX_DURATION_S, ConfigurationError
+from .errors import MAX_DURATION_S, ConfigurationError, PayloadValueError
+from .payload import utf8_size
 
 #: The last second a ``datetime`` can hold; every stored time is at most this (epoch seconds).
 MAX_TIMESTAMP = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
@@ -62,9 +63,7 @@ def check_text(value: Any, what: str, *, max_chars: int) -> str:
         raise ConfigurationError(f"{what} must be a non-empty str of at most {max_chars} characters, got {value!r}")
     if not value.isascii():
         try:
-            value.encode()
-        except UnicodeEncodeError as exc:
-            raise ConfigurationError(
-                f"{what} contains {value[exc.start:exc.end]!r}, a lone surrogate that is not valid UTF-8"
-            ) from None
+            utf8_size(value, what)
+        except PayloadValueError as exc:  # an option, not a payload: the same words, the option's error type
+            raise ConfigurationError(str(exc)) from None
     return value

@@ -64,7 +64,7 @@ def encode(
         _check_depth(value, what)
     # Limits are in bytes: a character count under the limit proves nothing for non-ASCII text.
     if not text.isascii():
-        size = _utf8_size(text, what)
+        size = utf8_size(text, what)
         if max_bytes is not None and size > max_bytes:
             raise PayloadValueError(f"{what} is {size} bytes of JSON, over the {max_bytes}-byte limit")
     elif max_bytes is not None and len(text) > max_bytes:
@@ -72,7 +72,7 @@ def encode(
     return text
 
 
-def _utf8_size(text: str, what: str) -> int:
+def utf8_size(text: str, what: str) -> int:
     """Size of ``text`` in UTF-8; a lone surrogate (valid in a str, not in UTF-8 or SQLite) is refused."""
     try:
         return len(text.encode())
