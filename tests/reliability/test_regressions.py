@@ -57,7 +57,9 @@ def test_reclaiming_a_job_whose_stale_attempt_still_runs_here_runs_it_once_more(
     # to share one executor slot keyed by job id: the new attempt's outcome was dropped and
     # the job stayed running.  Now the stale attempt is cancelled as lost first.
     clock = FakeClock()
-    app = App(tmp_path / "jobs.sqlite3", lease_s=30.0, clock=clock)
+    # No plugins: the test plays the Recovery plugin itself (a running Recovery could see the
+    # advanced clock first and requeue the job before the test's own call).
+    app = App(tmp_path / "jobs.sqlite3", lease_s=30.0, clock=clock, plugins=[])
     gates = {1: threading.Event(), 2: threading.Event()}
     runs: list[int] = []
     ended: list[int] = []
