@@ -65,8 +65,8 @@ __all__: tuple[str, ...] = (
     "Executor",
     "InvalidNameError",
     "InvalidStateError",
-    "JobArgumentsError",
     "Job",
+    "JobArgumentsError",
     "JobContext",
     "JobFailedError",
     "JobFunction",
@@ -118,7 +118,7 @@ def __getattr__(name: str) -> Any:
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib  # noqa: PLC0415 - the lazy loading this function exists for
+    import importlib
 
     value = getattr(importlib.import_module(module_name, __name__), name, None)
     if value is None:

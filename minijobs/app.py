@@ -7,7 +7,6 @@ import functools
 import inspect
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -38,6 +37,7 @@ from .queue import Queue
 from .store import Durability, IntegrityCheck, NewJob, PayloadRun, SQLiteStore
 
 if TYPE_CHECKING:
+    from .store.thread import StoreThread
     from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -326,6 +326,7 @@ class App:
         self.registry: dict[str, JobFunction[..., Any]] = {}
         self.events = EventHub()
         self._store: SQLiteStore | None = None
+        self._store_thread: StoreThread | None = None
         self._open_lock = threading.Lock()
         self._workers: set[Worker] = set()
         self._workers_lock = threading.Lock()
@@ -356,10 +357,17 @@ class App:
 
     @property
     def store(self) -> SQLiteStore:
+        """The app's store, opened on first use (which may wait for the file's lock: async code
+        opens it through :meth:`call_store` first)."""
         store = self._store
         if store is None:
             store = self.open()
         return store
+
+    async def _opened(self) -> SQLiteStore:
+        """The store for async code: opening (which may wait for another process's lock) runs on the store thread."""
+        store = self._store
+        return store if store is not None else await self.call_store(self.open)
 
     def open(self) -> SQLiteStore:
         """Open (creating and migrating if needed) the database now; errors surface here."""
@@ -405,9 +413,31 @@ class App:
 
     def close(self) -> None:
         with self._open_lock:
+            thread = self._store_thread
+            if thread is not None:
+                thread.close()  # lets calls already queued finish first
             if self._store is not None:
                 self._store.close()
                 self._store = None
+
+    async def call_store(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Await ``fn(*args, **kwargs)`` run on this app's store thread, never on the caller's event loop.
+
+        Every store call of async code goes through here (the worker's claims,
+        completions and heartbeats, plugins, the ``_async`` APIs): a database
+        locked by another process then delays only the awaiting task, not the
+        loop.  Calls run one at a time, in the order made.
+        """
+        thread = self._store_thread
+        if thread is None:
+            with self._open_lock:
+                if self._store_thread is None:
+                    # Loaded on first use: `import minijobs` loads no event loop machinery.
+                    from .store.thread import StoreThread
+
+                    self._store_thread = StoreThread(name=f"minijobs-store-{os.path.basename(self.path)}")
+                thread = self._store_thread
+        return await thread.call(fn, *args, **kwargs)
 
     def __enter__(self) -> App:
         self.open()
@@ -517,20 +547,41 @@ class App:
     def _enqueue_one(self, function: JobFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], spec: JobSpec) -> JobRef:
         function._signature.check(function.name, args, kwargs)
         job_id, created = self.store.enqueue_one(self._new_row(function, args, kwargs, spec, self.clock.now()))
+        return self._enqueued_one(job_id, created)
+
+    async def _enqueue_one_async(
+        self, function: JobFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], spec: JobSpec
+    ) -> JobRef:
+        """:meth:`_enqueue_one` with the write on the store thread; checks run here, before it is queued."""
+        function._signature.check(function.name, args, kwargs)
+        row = self._new_row(function, args, kwargs, spec, self.clock.now())
+        job_id, created = await self.call_store((await self._opened()).enqueue_one, row)
+        return self._enqueued_one(job_id, created)
+
+    def _enqueued_one(self, job_id: int, created: bool) -> JobRef:
         if created:
             self._after_enqueue([job_id])
             if self._eager_hook is not None:
                 self._eager_hook([job_id])
         return JobRef(self, job_id, created=created)
 
-    def enqueue_many(
-        self, requests: Iterable[EnqueueRequest], *, guard: Callable[[sqlite3.Connection], bool] | None = None
-    ) -> list[JobRef]:
-        """Enqueue many jobs in one transaction: all are written or none.
+    def enqueue_many(self, requests: Iterable[EnqueueRequest]) -> list[JobRef]:
+        """Enqueue many jobs in one transaction: all are written or none."""
+        rows = self._rows(requests)
+        results = self.store.enqueue(rows)
+        return self._enqueued(results)
 
-        ``guard`` is for plugins that own tables: it runs first, inside the same
-        transaction, and returning False enqueues nothing (and returns ``[]``).
+    def enqueue_for_cron_slot(self, schedule: str, slot: int, request: EnqueueRequest, *, now: float) -> list[JobRef]:
+        """Enqueue ``request`` for a cron slot: the slot is recorded with the job, once across processes.
+
+        Returns ``[]`` when the slot was already recorded (another process or a
+        drain fired it first).  For :class:`~minijobs.plugins.Cron`.
         """
+        rows = self._rows([request])
+        return self._enqueued(self.store.enqueue_cron_slot(schedule, slot, rows, now=now))
+
+    def _rows(self, requests: Iterable[EnqueueRequest]) -> list[NewJob | PayloadRun]:
+        """Checked rows for ``requests``: a bad request raises before anything is written."""
         now = self.clock.now()
         rows: list[NewJob | PayloadRun] = []
         group: list[EnqueueRequest] = []
@@ -543,7 +594,10 @@ class App:
             group.append(request)
         if group:
             self._add_rows(group, now, rows)
-        results = self.store.enqueue(rows, guard=guard)
+        return rows
+
+    def _enqueued(self, results: list[tuple[int, bool]]) -> list[JobRef]:
+        """What follows a write of new jobs: wake workers, emit ``job.enqueued``, run them in eager mode."""
         self._after_enqueue([job_id for job_id, created in results if created])
         if self._eager_hook is not None and any(created for _, created in results):
             self._eager_hook([job_id for job_id, created in results if created])
@@ -578,7 +632,10 @@ class App:
             rows.append(NewJob(row[0], row[1], text, *row[3:]))
 
     async def enqueue_many_async(self, requests: Iterable[EnqueueRequest]) -> list[JobRef]:
-        return self.enqueue_many(requests)
+        """:meth:`enqueue_many` with the write on the store thread (the caller's loop never waits on it)."""
+        rows = self._rows(requests)
+        results = await self.call_store((await self._opened()).enqueue, rows)
+        return self._enqueued(results)
 
     def _after_enqueue(self, ids: list[int]) -> None:
         if not ids:
@@ -679,8 +736,9 @@ class App:
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         pause = 0.001
+        job_id = _check_id(job_id)
         while True:
-            job = self.get(job_id)
+            job = await self.call_store((await self._opened()).get, job_id)
             if job.state.is_terminal:
                 return job
             remaining = None if deadline is None else deadline - loop.time()
@@ -726,6 +784,7 @@ class App:
     async def drain_async(self, *, queues: Sequence[str] | None = None, raise_on_failure: bool = False) -> int:
         from .worker import Worker  # lazily: `import minijobs` loads no event loop machinery
         worker = Worker(self, queues=queues, burst=True, raise_on_failure=raise_on_failure, grace_s=0)
+        await self._opened()
         await worker.run()
         return worker.jobs_finished
 
@@ -773,7 +832,7 @@ class App:
 
         from .worker import Worker  # lazily: `import minijobs` loads no event loop machinery
         worker = Worker(self, **options)
-        self.open()
+        await self._opened()
         task = asyncio.create_task(worker.run(), name=f"minijobs-worker-{worker.id}")
         started = asyncio.ensure_future(asyncio.to_thread(worker.started.wait))
         await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)

@@ -82,7 +82,7 @@ def load_config(path: str | os.PathLike[str] | None, *, required: bool = False) 
         if required:
             raise CLIError(f"config file {p} does not exist")
         return Config()
-    import tomllib  # noqa: PLC0415 - lazily: most calls have no config file
+    import tomllib
 
     with p.open("rb") as fh:
         try:
@@ -270,8 +270,7 @@ def _clip(text: str, width: int) -> str:
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO) -> None:
     cells = [[str(c) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    for row in [list(headers), *cells]:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    out.writelines("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in [list(headers), *cells])
 
 
 def _dump_json(value: Any, out: TextIO) -> None:
@@ -826,8 +825,9 @@ def cmd_migrate(s: Session) -> int:
     store = app.open()
     versions = {"minijobs": store.schema_version("minijobs")}
     for plugin in app.plugins:
-        if plugin.migrations:
-            versions[plugin.get_identifier()] = store.schema_version(plugin.get_identifier())
+        version = store.schema_version(plugin.get_identifier())
+        if version:  # plugins with tables (built-in ones have the store's own schema)
+            versions[plugin.get_identifier()] = version
     if s.args.json:
         _dump_json({"db": app.path, "versions": versions}, s.out)
         return 0
@@ -872,7 +872,7 @@ def cmd_bench(s: Session) -> int:
     argv = list(s.args.bench_args)
     if argv[:1] == ["--"]:
         argv = argv[1:]
-    import subprocess  # noqa: PLC0415 - lazily: only this command starts a process
+    import subprocess
 
     return subprocess.call([sys.executable, "-m", "benchmarks", *argv], env=env)
 

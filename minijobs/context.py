@@ -70,7 +70,7 @@ class JobContext:
     long loops should call :meth:`check_cancelled` or test :attr:`cancelled`.
     """
 
-    __slots__ = ("job", "_cancel", "_on_progress", "timed_out")
+    __slots__ = ("_cancel", "_on_progress", "job", "timed_out")
 
     def __init__(
         self,

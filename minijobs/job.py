@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import operator
+import traceback as traceback_module
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from .errors import type_name
+from .payload import utf8_safe
 
 
 class JobState(StrEnum):
@@ -59,6 +64,42 @@ class AttemptError:
     message: str
     traceback: str
     at: datetime
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, attempt: int, at: float) -> AttemptError:
+        """The record of ``exc`` ending attempt ``attempt`` at ``at`` (epoch seconds)."""
+        return cls(
+            attempt=attempt,
+            type=type_name(type(exc)),
+            message=utf8_safe(str(exc)),  # a broken __str__ raises: the caller records a stand-in
+            traceback=utf8_safe("".join(traceback_module.format_exception(exc))),
+            at=datetime.fromtimestamp(at, UTC),
+        )
+
+
+# The error record's one encoder and one decoder: the store appends what ``encode_attempt_error``
+# writes to a job's ``errors`` array, and reads the array back with ``decode_attempt_errors``.
+
+def encode_attempt_error(error: AttemptError) -> str:
+    """``error`` as the JSON object stored in a job's ``errors`` array (``at`` as epoch seconds)."""
+    return json.dumps({
+        "attempt": error.attempt, "type": error.type, "message": error.message,
+        "traceback": error.traceback, "at": error.at.timestamp(),
+    })  # ASCII (the default): a lone surrogate in a message is escaped, never unstorable
+
+
+def decode_attempt_errors(text: str) -> tuple[AttemptError, ...]:
+    """A job's stored ``errors`` array; missing keys read as empty (rows written by hand, old versions)."""
+    return tuple(
+        AttemptError(
+            attempt=item.get("attempt", 0),
+            type=item.get("type", ""),
+            message=item.get("message", ""),
+            traceback=item.get("traceback", ""),
+            at=datetime.fromtimestamp(item.get("at", 0.0), UTC),
+        )
+        for item in json.loads(text)
+    )
 
 
 def to_datetime(ts: float | None) -> datetime | None:

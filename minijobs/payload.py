@@ -250,3 +250,8 @@ def decode_call(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if type(args) is not list or type(kwargs) is not dict:
         raise PayloadValueError("stored payload is not valid job arguments: wrong shape")
     return tuple(args), kwargs
+
+
+def utf8_safe(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\udc80``), so it encodes as UTF-8 (and prints)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

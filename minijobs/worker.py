@@ -15,32 +15,28 @@ import logging
 import os
 import socket
 import threading
-import traceback
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import outcome as outcome_policy
 from . import payload
-from .backoff import Backoff
 from .context import encode_progress
 from .errors import (
-    Cancelled,
     JobFailedError,
-    JobReleased,
-    LeaseLostError,
     PayloadTypeError,
     PayloadValueError,
     StoreError,
-    UnknownJobError,
-    type_name,
 )
 from .executors.aio import AsyncExecutor
 from .executors.base import Executor
-from .job import AttemptError, Job, JobState, Progress, to_datetime
-from .limits import MAX_TIMESTAMP, check_duration
+from .job import Job, JobState, Progress, decode_attempt_errors, encode_attempt_error, to_datetime
+from .limits import check_duration
 from .notify import DirectoryWatch
+from .outcome import Action
 from .plugin import Plugin, PluginScope, overrides
-from .store import Outcome
+from .store import Outcome, Store
 
 if TYPE_CHECKING:
     from .app import App
@@ -56,12 +52,12 @@ FAST_POLL_WINDOW_S = 1.0
 #: memory, which raises no event; with ``durability="full"`` an fsync lies in between), so one event
 #: needs polling only until its commit shows; every further commit brings its own event.
 FAST_POLL_AFTER_EVENT_S = 0.05
+#: How long a stopping worker waits for its plugins to end by themselves before cancelling them.
+PLUGIN_STOP_S = 2.0
 #: Poll interval of a quiet database when inotify reports activity (a safety net only).
 IDLE_POLL_S = 0.5
 #: Poll interval of a quiet database where inotify is unavailable.
 IDLE_POLL_NO_INOTIFY_S = 0.02
-_NO_RETRY = (UnknownJobError, PayloadValueError, PayloadTypeError, Cancelled, LeaseLostError)
-_DEFAULT_BACKOFF = Backoff()
 
 
 class Worker:
@@ -107,10 +103,10 @@ class Worker:
         self._leader_flips: dict[str, asyncio.Event] = {}
         self._outcomes: list[tuple[Outcome, Job]] = []
         self._released: list[int] = []
-        #: Jobs claimed again while this worker's own stale attempt of them still runs (see ``_fill``).
+        #: Jobs claimed again while this worker's own stale attempt of them still runs (see ``_wanted_claims``).
         self._deferred: dict[int, tuple[Executor, Job]] = {}
         #: Queues whose executor runs a suspect (a job rescued from a dead worker): nothing else is
-        #: claimed for them until their executor is idle again (see ``_fill``).
+        #: claimed for them until their executor is idle again (see ``_wanted_claims``).
         self._isolated: set[str] = set()
         self._progress: dict[int, tuple[Job, str]] = {}
         #: Running jobs someone asked to cancel: their ``Cancelled`` is a cancellation even while stopping.
@@ -118,6 +114,8 @@ class Worker:
         self._failure: JobFailedError | None = None
         self._stop_requested = False
         self._tasks: list[asyncio.Task[Any]] = []
+        #: Plugin supervisors (see :meth:`_run_plugin`): at a stop they get a moment to end by themselves.
+        self._plugin_tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id: int | None = None
         self.started = threading.Event()
@@ -143,6 +141,11 @@ class Worker:
     @property
     def is_stopping(self) -> bool:
         return self._stop_requested
+
+    @property
+    def is_idle(self) -> bool:
+        """True while no job of this worker runs (a good moment for maintenance such as a WAL truncation)."""
+        return not any(executor.running for executor in self.executors.values())
 
     def in_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread_id
@@ -309,18 +312,6 @@ class Worker:
         user_cancel = bool(self._cancels) and job.id in self._cancels
         if user_cancel:
             self._cancels.discard(job.id)
-        if isinstance(exc, Cancelled) and self._stop_requested and not user_cancel:
-            # The job saw the stop's flag and gave up: the worker stopped it, nobody cancelled it.
-            exc = JobReleased(f"job {job.id} released: it stopped when the worker began stopping")
-        if isinstance(exc, JobReleased):
-            self._progress.pop(job.id, None)  # unflushed progress must not land after the release
-            self._released.append(job.id)
-            self._wake_event.set()
-            return
-        if isinstance(exc, LeaseLostError):
-            logger.warning("job %d: lease lost while running; outcome discarded", job.id, extra={"job_id": job.id})
-            self._wake_event.set()
-            return
         now = self.app.clock.now()
         result_json: str | None = None
         if exc is None and result is not None:
@@ -328,33 +319,32 @@ class Worker:
                 result_json = payload.encode(result, what=f"result of job {job.id}", max_bytes=self.app.max_payload_bytes)
             except (PayloadTypeError, PayloadValueError) as error:
                 exc, result = error, None
-        error_json: str | None = None
-        scheduled_at: float | None = None
-        if exc is None:
-            state = JobState.SUCCEEDED
-        else:
-            error_record = _error_record(exc, job.attempts, now)
-            error_json = payload.encode(error_record, what="error")
-            if isinstance(exc, Cancelled):
-                state = JobState.CANCELLED
-            elif job.attempts < job.max_attempts and not isinstance(exc, _NO_RETRY):
-                state = JobState.RETRYING
-                # Delays are at most a century (minijobs.limits); the clamp keeps a clock near 9999 storable.
-                scheduled_at = min(MAX_TIMESTAMP, now + self._retry_delay(job, exc))
-            else:
-                state = JobState.FAILED
+        registered = self.app.registry.get(job.name)
+        decision = outcome_policy.decide(
+            job, exc, now=now, stopping=self._stop_requested, cancel_requested=user_cancel,
+            backoff=registered.retry if registered is not None else None,
+        )
+        if decision.action is Action.RELEASE:
+            self._progress.pop(job.id, None)  # unflushed progress must not land after the release
+            self._released.append(job.id)
+            self._wake_event.set()
+            return
+        if decision.action is Action.DISCARD:
+            logger.warning("job %d: lease lost while running; outcome discarded", job.id, extra={"job_id": job.id})
+            self._wake_event.set()
+            return
+        assert decision.state is not None
         progress_entry = self._progress.pop(job.id, None)
-        # Positional (in Outcome's field order): half the cost of keywords, once per job.
         outcome = Outcome(
-            job.id,  # job_id
-            self.id,  # owner
-            job.attempts,  # attempt
-            state,
-            None if state is JobState.RETRYING else now,  # completed_at
-            result_json,  # result
-            error_json,  # error
-            scheduled_at,
-            progress_entry[1] if progress_entry else None,  # progress
+            job_id=job.id,
+            owner=self.id,
+            attempt=job.attempts,
+            state=decision.state,
+            completed_at=decision.completed_at,
+            result=result_json,
+            error=None if decision.error is None else encode_attempt_error(decision.error),
+            scheduled_at=decision.retry_at,
+            progress=progress_entry[1] if progress_entry else None,
         )
         if self._completed_hooks:
             outcome, job = self._apply_completed_hooks(job, outcome, exc, result)
@@ -368,20 +358,11 @@ class Worker:
         self._outcomes.append((outcome, job))
         self._wake_event.set()
 
-    def _retry_delay(self, job: Job, exc: BaseException) -> float:
-        from .errors import Retry
-
-        if isinstance(exc, Retry) and exc.delay_s is not None:
-            return exc.delay_s
-        registered = self.app.registry.get(job.name)
-        policy = registered.retry if registered is not None and registered.retry is not None else _DEFAULT_BACKOFF
-        return policy.delay_s(job.attempts)
-
     def _proposed(self, job: Job, outcome: Outcome, result: Any) -> Job:
         """The job as it will look once ``outcome`` is written (what hooks and events see)."""
         errors = job.errors
         if outcome.error is not None:
-            errors = (*errors, _attempt_error(payload.decode(outcome.error)))
+            errors = (*errors, *decode_attempt_errors(f"[{outcome.error}]"))
         return job.replace(
             state=outcome.state,
             result=result if outcome.state is JobState.SUCCEEDED else None,
@@ -420,10 +401,7 @@ class Worker:
             return outcome, proposed
         new_error = None
         if len(final.errors) > len(job.errors):
-            last = final.errors[-1]
-            new_error = payload.encode(
-                {"attempt": last.attempt, "type": last.type, "message": last.message,
-                 "traceback": last.traceback, "at": last.at.timestamp()}, what="error")
+            new_error = encode_attempt_error(final.errors[-1])
         runnable = final.state in (JobState.RETRYING, JobState.PENDING)
         outcome = Outcome(
             job_id=job.id,
@@ -438,33 +416,60 @@ class Worker:
         )
         return outcome, final
 
-    def _flush(self) -> None:
-        """Write queued outcomes and releases in one transaction each; keep them if the write fails."""
-        if self._outcomes:
-            batch = self._outcomes
-            try:
-                accepted = self.app.store.finish([o for o, _ in batch])
-            except StoreError as exc:
-                logger.warning("could not write %d job outcomes (will retry): %s", len(batch), exc)
-                return
-            self._outcomes = []
-            self._after_finish(batch, accepted)
-        if self._released:
-            ids = self._released
-            try:
-                self.app.store.release(self.id, ids, now=self.app.clock.now())
-            except StoreError as exc:
-                logger.warning("could not release %d jobs (their leases will expire): %s", len(ids), exc)
-            self._released = []
-            self.app.notify_finished(ids)
-        if self._progress:
-            pending = self._progress
-            self._progress = {}
-            for job_id, (job, text) in pending.items():
-                try:
-                    self.app.store.set_progress(job_id, self.id, job.attempts, text)
-                except StoreError as exc:
-                    logger.debug("progress of job %d not written: %s", job_id, exc)
+    async def _flush(self) -> None:
+        """Write queued outcomes, releases and progress on the store thread (see :meth:`_pass`)."""
+        await self._pass(claim=False)
+
+    async def _pass(self, *, claim: bool = True) -> tuple[int, list[str]]:
+        """One trip to the store thread: write what ended, then claim the free slots of every queue.
+
+        Returns (jobs claimed, names of queues left without due work).  What
+        is written and what is claimed is decided here, on the loop; the
+        store thread only runs the store verbs (:func:`_write_and_claim`), so
+        the loop keeps running jobs while it waits, and a database locked by
+        another process delays this task, never the loop.  Outcomes whose
+        write failed are kept for the next pass; a failed claim raises
+        :class:`StoreError` after the writes were handled.
+        """
+        if claim and self._outcomes and (self._updated_hooks or self.app.events.wants("job.completed")):
+            # Observers of written outcomes run before the job can be claimed again (a retry due
+            # at once would be), so what they read back is the outcome they were told of.
+            await self._pass(claim=False)
+        wants = self._wanted_claims() if claim else []
+        if not (self._outcomes or self._released or self._progress or wants):
+            return 0, []
+        batch, self._outcomes = self._outcomes, []
+        released, self._released = self._released, []
+        progress, self._progress = self._progress, {}
+        writes = _Writes(
+            owner=self.id,
+            outcomes=[o for o, _ in batch],
+            released=released,
+            progress=[(job_id, job.attempts, text) for job_id, (job, text) in progress.items()],
+        )
+        done = await self.app.call_store(
+            _write_and_claim, self.store, writes, wants, now=self.app.clock.now(), lease_s=self.lease_s
+        )
+        if done.finish_error is not None:
+            # Nothing was written or claimed: keep it all for the next pass (the caller backs off).
+            logger.warning("could not write %d job outcomes (will retry): %s", len(batch), done.finish_error)
+            self._outcomes[:0] = batch
+            self._released[:0] = released
+            self._progress = {**progress, **self._progress}
+            raise _Logged(done.finish_error)
+        if batch:
+            self._after_finish(batch, done.accepted)
+        if released:
+            if done.release_error is not None:
+                logger.warning("could not release %d jobs (their leases will expire): %s",
+                               len(released), done.release_error)
+            self.app.notify_finished(released)
+        for job_id, error in done.progress_errors:
+            logger.debug("progress of job %d not written: %s", job_id, error)
+        taken = self._take_claimed(wants, done.claimed)  # what was claimed before a failure is ours: run it
+        if done.claim_error is not None:
+            raise done.claim_error
+        return taken
 
     def _after_finish(self, batch: list[tuple[Outcome, Job]], accepted: list[bool]) -> None:
         events = self.app.events
@@ -494,8 +499,8 @@ class Worker:
                     events.emit("job.completed", job=snapshot, state=outcome.state, worker_id=self.id)
         self.app.notify_finished(finished_ids)
 
-    def _fill(self) -> tuple[int, list[str]]:
-        """Claim free slots of every queue; return (jobs claimed, names of queues left without due work).
+    def _wanted_claims(self) -> list[_Claim]:
+        """What to claim now: ``(queue, free slots, idle)`` for every queue with free slots.
 
         A suspect (``rescues > 0``: it was running when a worker died, and may
         be what killed it) runs alone, so that a job that kills its process
@@ -505,10 +510,8 @@ class Worker:
         abandoned calls (which still run) included.
         """
         if self._stop_requested:
-            return 0, []
-        claimed = 0
-        exhausted: list[str] = []
-        now = self.app.clock.now()
+            return []
+        wants: list[_Claim] = []
         for executor in self.executors.values():
             free = self._free_slots(executor)
             if free <= 0:
@@ -519,7 +522,20 @@ class Worker:
                 if not idle:
                     continue  # the suspect still runs; its end wakes the loop
                 self._isolated.discard(name)
-            jobs = self.app.store.claim(name, free, owner=self.id, now=now, lease_s=self.lease_s, idle=idle)
+            wants.append((name, free, idle))
+        return wants
+
+    def _take_claimed(self, wants: list[_Claim], claimed_by_queue: dict[str, list[Job]]) -> tuple[int, list[str]]:
+        """Start the jobs a pass claimed; return (jobs claimed, queues left without due work)."""
+        claimed = 0
+        exhausted: list[str] = []
+        for name, free, _ in wants:
+            jobs = claimed_by_queue.get(name, [])
+            if self._stop_requested:
+                # The stop began while the claim was on its way: these jobs go back untouched.
+                self._released.extend(job.id for job in jobs)
+                continue
+            executor = self.executors[name]
             for job in jobs:
                 if job.rescues:
                     self._isolated.add(name)
@@ -568,7 +584,7 @@ class Worker:
         self.hurried = asyncio.Event()
         if self._stop_requested:
             self.stopping.set()
-        store = self.app.store
+        self.store = store = await self.app._opened()
         watcher = None if self.burst else store.open_watcher()
         clock_listener = None
         try:
@@ -585,7 +601,9 @@ class Worker:
                     self._tasks.append(asyncio.create_task(self._watch(watcher), name="minijobs-watch"))
             if self.run_plugins:
                 for plugin in self._run_plugins:
-                    self._tasks.append(asyncio.create_task(self._run_plugin(plugin), name=plugin.get_identifier()))
+                    self._plugin_tasks.append(
+                        asyncio.create_task(self._run_plugin(plugin), name=plugin.get_identifier())
+                    )
             if self.burst:
                 for plugin in self.app.plugins:
                     await plugin.on_drain(self, self.app)
@@ -617,13 +635,13 @@ class Worker:
         while not self._stop_requested:
             self._wake_event.clear()
             try:
-                self._flush()
-                claimed, exhausted = self._fill()
+                claimed, exhausted = await self._pass()
                 store_errors = 0
             except StoreError as exc:
                 store_errors += 1
                 delay = min(1.0, 0.01 * 2**store_errors)
-                logger.warning("worker %s: store error (retrying in %.2f s): %s", self.id, delay, exc)
+                if not isinstance(exc, _Logged):
+                    logger.warning("worker %s: store error (retrying in %.2f s): %s", self.id, delay, exc)
                 await self._sleep(delay)
                 continue
             if self._failure is not None:
@@ -631,45 +649,41 @@ class Worker:
             if self.burst and claimed == 0 and not self._in_flight() and not self._outcomes:
                 break
             if claimed:
-                # Let the new jobs start; the next pass flushes what finished and refills.
-                await asyncio.sleep(0)
-                continue
+                continue  # the next pass writes what finished meanwhile and refills
             timeout = MAX_IDLE_S
             if exhausted and not self.burst:
-                timeout = self._until_next_due(exhausted)
+                timeout = await self._until_next_due(exhausted)
             await self._sleep(timeout)
 
-    def _until_next_due(self, queues: list[str]) -> float:
-        store = self.app.store
+    async def _until_next_due(self, queues: list[str]) -> float:
+        store, call = self.store, self.app.call_store
         try:
-            due = store.next_due_at(queues)
+            due = await call(store.next_due_at, queues)
             now = self.app.clock.now()
             if due is not None and due <= now:
                 # Due work left unclaimed.  Behind a suspect that waits for its busy executor to be
-                # idle (see ``_fill``) it waits for a completion, which wakes the loop: looking again
-                # in a millisecond would spin.  Only jobs that fall due later can end such a wait.
-                barred = self._held_back(queues, now)
+                # idle (see ``_wanted_claims``) it waits for a completion, which wakes the loop:
+                # looking again in a millisecond would spin.  Only jobs that fall due later can end
+                # such a wait.
+                barred = await self._held_back(queues, now)
                 if barred:
                     open_queues = [q for q in queues if q not in barred]
-                    due = min(
-                        (t for t in (store.next_due_at(open_queues), store.next_due_at(barred, after=now))
-                         if t is not None),
-                        default=None,
-                    )
+                    later = (await call(store.next_due_at, open_queues), await call(store.next_due_at, barred, after=now))
+                    due = min((t for t in later if t is not None), default=None)
         except StoreError:
             return 0.1
         if due is None:
             return MAX_IDLE_S
         return min(MAX_IDLE_S, max(0.001, due - now))
 
-    def _held_back(self, queues: list[str], now: float) -> list[str]:
+    async def _held_back(self, queues: list[str], now: float) -> list[str]:
         """Queues whose busy executor waits to be idle because a suspect is first in line."""
         barred: list[str] = []
         for name in queues:
             executor = self.executors[name]
             if self._is_idle(executor):
                 continue
-            suspect = self.app.store.first_suspect(name, now=now)
+            suspect = await self.app.call_store(self.store.first_suspect, name, now=now)
             if suspect is None:
                 continue
             barred.append(name)
@@ -681,7 +695,7 @@ class Worker:
         return barred
 
     def _free_slots(self, executor: Executor) -> int:
-        """Slots of ``executor`` free for new claims: a deferred claim (see ``_fill``) holds one."""
+        """Slots of ``executor`` free for new claims: a deferred claim (see ``_wanted_claims``) holds one."""
         return executor.free_slots - sum(1 for e, _ in self._deferred.values() if e is executor)
 
     def _is_idle(self, executor: Executor) -> bool:
@@ -708,19 +722,20 @@ class Worker:
             running = [job_id for e in self.executors.values() for job_id in e.running]
             try:
                 if self._progress:
-                    self._flush()
+                    await self._flush()
                 if not running:
                     last_renew = loop.time()
                     continue
                 if loop.time() - last_renew >= renew_every:
-                    lost, cancel = self.app.store.renew_leases(
-                        self.id, running, now=self.app.clock.now(), lease_s=self.lease_s
+                    lost, cancel = await self.app.call_store(
+                        self.store.renew_leases, self.id, running, now=self.app.clock.now(), lease_s=self.lease_s
                     )
                     last_renew = loop.time()
                 else:
-                    lost, cancel = set(), self.app.store.cancel_requested(self.id)
+                    lost, cancel = set(), await self.app.call_store(self.store.cancel_requested, self.id)
             except StoreError as exc:
-                logger.warning("worker %s: heartbeat failed: %s", self.id, exc)
+                if not isinstance(exc, _Logged):
+                    logger.warning("worker %s: heartbeat failed: %s", self.id, exc)
                 continue
             for job_id in lost:
                 self._cancel_local(job_id, "lost")
@@ -740,7 +755,7 @@ class Worker:
         """
         loop = asyncio.get_running_loop()
         fast = self.poll_interval_s
-        notifier = DirectoryWatch.create(self.app.store.path)
+        notifier = DirectoryWatch.create(self.store.path)
         slow = max(fast, IDLE_POLL_S if notifier is not None else IDLE_POLL_NO_INOTIFY_S)
         window = FAST_POLL_AFTER_EVENT_S if notifier is not None else FAST_POLL_WINDOW_S
         activity = asyncio.Event()
@@ -840,7 +855,7 @@ class Worker:
         stops = [asyncio.ensure_future(e.stop(grace_s=self.grace_s)) for e in self.executors.values()]
         while stops:
             done, pending = await asyncio.wait(stops, timeout=0.05)
-            self._flush_quietly()
+            await self._flush_quietly()
             stops = list(pending)
             for task in done:
                 if task.exception() is not None:
@@ -848,7 +863,13 @@ class Worker:
         # Claims still waiting for their stale attempt to end go back to the queue untouched.
         self._released.extend(self._deferred)
         self._deferred.clear()
-        self._flush_quietly()
+        await self._flush_quietly()
+        if self._plugin_tasks:
+            # Plugins see the stop (``sleep`` returns False) and end, writing what they must on the
+            # way out (Leadership hands its leases back); one that does not is cancelled.
+            await asyncio.wait(self._plugin_tasks, timeout=PLUGIN_STOP_S)
+            self._tasks.extend(self._plugin_tasks)
+            self._plugin_tasks.clear()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -860,21 +881,76 @@ class Worker:
                 self.id, len(self._outcomes) + len(self._released),
             )
 
-    def _flush_quietly(self) -> None:
+    async def _flush_quietly(self) -> None:
         try:
-            self._flush()
+            await self._flush()
         except Exception:
             logger.exception("worker %s: final flush failed", self.id)
 
 
-def _error_record(exc: BaseException, attempt: int, now: float) -> dict[str, Any]:
-    return {
-        "attempt": attempt,
-        "type": type_name(type(exc)),
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-        "at": now,
-    }
+class _Logged(StoreError):
+    """A store error already logged where it happened (the loop only backs off)."""
+
+
+#: A claim to make: (queue, free slots, whether its executor runs nothing).
+_Claim = tuple[str, int, bool]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Writes:
+    """What a pass writes: ended attempts, jobs given back, progress as ``(job id, attempt, json)``."""
+
+    owner: str
+    outcomes: list[Outcome]
+    released: list[int]
+    progress: list[tuple[int, int, str]]
+
+
+@dataclass(slots=True)
+class _Done:
+    """What a pass did on the store thread; each phase's failure is reported, not raised."""
+
+    accepted: list[bool] = field(default_factory=list)
+    finish_error: StoreError | None = None
+    release_error: StoreError | None = None
+    progress_errors: list[tuple[int, StoreError]] = field(default_factory=list)
+    claimed: dict[str, list[Job]] = field(default_factory=dict)
+    claim_error: StoreError | None = None
+
+
+def _write_and_claim(store: Store, writes: _Writes, claims: list[_Claim], *, now: float, lease_s: float) -> _Done:
+    """Run on the store thread: the writes, then the claims, in that order (a freed slot is refilled).
+
+    Touches nothing of the worker's: its inputs are copies taken on the loop,
+    and :meth:`Worker._pass` applies the result there.  Outcomes are written
+    before anything is claimed, and a failed finish stops the pass (the
+    outcomes are kept and retried), as a claim must not outrun the writes it
+    follows.
+    """
+    done = _Done()
+    if writes.outcomes:
+        try:
+            done.accepted = store.finish(writes.outcomes)
+        except StoreError as exc:
+            done.finish_error = exc
+            return done
+    if writes.released:
+        try:
+            store.release(writes.owner, writes.released, now=now)
+        except StoreError as exc:
+            done.release_error = exc
+    for job_id, attempt, text in writes.progress:
+        try:
+            store.set_progress(job_id, writes.owner, attempt, text)
+        except StoreError as exc:
+            done.progress_errors.append((job_id, exc))
+    for queue, free, idle in claims:
+        try:
+            done.claimed[queue] = store.claim(queue, free, owner=writes.owner, now=now, lease_s=lease_s, idle=idle)
+        except StoreError as exc:
+            done.claim_error = exc
+            break
+    return done
 
 
 def _bad_hook_result(changed: object, job: Job) -> str | None:
@@ -888,15 +964,8 @@ def _bad_hook_result(changed: object, job: Job) -> str | None:
     return None
 
 
-def _attempt_error(data: dict[str, Any]) -> AttemptError:
-    return AttemptError(
-        attempt=data["attempt"], type=data["type"], message=data["message"],
-        traceback=data["traceback"], at=to_datetime(data["at"]),  # type: ignore[arg-type]
-    )
-
-
 def _last_error_message(outcome: Outcome) -> str:
     if outcome.error is None:
         return "no error recorded"
-    data = payload.decode(outcome.error)
-    return f"{data['type']}: {data['message']}"
+    (error,) = decode_attempt_errors(f"[{outcome.error}]")
+    return f"{error.type}: {error.message}"

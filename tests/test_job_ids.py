@@ -18,7 +18,8 @@ import pytest
 import minijobs
 from minijobs import JobNotFoundError, JobState, StoreError
 from minijobs.plugins import Pruner, prune
-from minijobs.store import MIGRATIONS, _split_sql
+from minijobs.store import MIGRATIONS
+from minijobs.store.sqlite import _split_sql
 from minijobs.testing import FakeClock
 
 FAR_FUTURE = 4e9  # year 2096: after any test job, still a valid datetime

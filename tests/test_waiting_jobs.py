@@ -19,7 +19,11 @@ import pytest
 import minijobs
 from minijobs import Queue
 from minijobs.store import MIGRATIONS
-from minijobs.store import _CLAIM, _DUE_WAITING, _PROMOTE, _PROMOTE_LIMIT, Outcome
+from minijobs.store import Outcome
+from minijobs.store.sql import CLAIM as _CLAIM
+from minijobs.store.sql import DUE_WAITING as _DUE_WAITING
+from minijobs.store.sql import PROMOTE as _PROMOTE
+from minijobs.store.sql import PROMOTE_LIMIT as _PROMOTE_LIMIT
 from minijobs.testing import FakeClock
 
 

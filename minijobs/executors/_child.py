@@ -32,7 +32,8 @@ from .. import payload
 from ..context import JobContext, reset_current, set_current
 from ..errors import public_module
 from ..job import Job, JobState, Progress
-from .base import await_capturing, utf8_safe
+from ..payload import utf8_safe
+from .base import await_capturing
 
 #: How often the child checks that its parent is still alive.
 PARENT_CHECK_S = 0.5

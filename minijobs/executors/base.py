@@ -58,6 +58,7 @@ from ..errors import (
     UnknownJobError,
 )
 from ..job import Job
+from ..payload import utf8_safe
 
 if TYPE_CHECKING:
     from ..queue import Queue
@@ -270,11 +271,6 @@ def _safe_text(prefix: str, exc: BaseException) -> str:
     except Exception:  # noqa: BLE001 - a broken __str__ is what we are working around
         text = f"<unprintable {type(exc).__name__}>"
     return utf8_safe(prefix + text)
-
-
-def utf8_safe(text: str) -> str:
-    """``text`` with lone surrogates escaped (``\\udc80``), so it encodes as UTF-8."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def call_capturing(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[BaseException | None, Any]:

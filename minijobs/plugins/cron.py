@@ -37,7 +37,6 @@ import dataclasses
 import logging
 import math
 import re
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -47,6 +46,7 @@ from .. import payload
 from ..cron import CronExpression, parse, resolve_tz
 from ..errors import ConfigurationError, CronError, UnknownJobError
 from ..plugin import Plugin, PluginScope, check_config
+from ..store import SlotKind
 from .leadership import IDENTIFIER as LEADERSHIP
 
 if TYPE_CHECKING:
@@ -57,29 +57,6 @@ logger = logging.getLogger(__name__)
 
 IDENTIFIER = "minijobs.cron"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")
-
-MIGRATIONS = (
-    """
-    CREATE TABLE minijobs_cron_slots (
-        schedule TEXT NOT NULL,
-        slot INTEGER NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('baseline', 'enqueued', 'skipped')),
-        recorded_at REAL NOT NULL,
-        PRIMARY KEY (schedule, slot)
-    ) WITHOUT ROWID
-    """,
-)
-
-_LAST_SLOTS = "SELECT schedule, max(slot) FROM minijobs_cron_slots GROUP BY schedule"
-_RECORD = (
-    "INSERT INTO minijobs_cron_slots (schedule, slot, kind, recorded_at) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (schedule, slot) DO NOTHING"
-)
-# Old slots go, but each schedule keeps its latest row: it is where the schedule resumes.
-_CLEANUP = (
-    "DELETE FROM minijobs_cron_slots WHERE slot < ? AND slot < "
-    "(SELECT max(t.slot) FROM minijobs_cron_slots AS t WHERE t.schedule = minijobs_cron_slots.schedule)"
-)
 
 Misfire = Literal["once", "skip"]
 _SCHEDULE_SCHEMA = {
@@ -186,7 +163,6 @@ class Cron(Plugin):
     before the Pruner's cleanup removes them (each schedule's latest stays).
     """
 
-    migrations = MIGRATIONS
     config_schema: ClassVar[Mapping[str, Any]] = {"schedules": list[Any], "keep_slots_s": float}
 
     keep_slots_s: float
@@ -264,9 +240,13 @@ class Cron(Plugin):
                     f"{request.spec.queue!r}, which this App does not declare"
                 )
 
+    def migrate(self, app: App, to_version: int | None = None) -> int:
+        """The slot table is the store's own (a built-in schema), not SQL of this plugin."""
+        return app.store.migrate_component(IDENTIFIER, to_version=to_version)
+
     async def run(self, worker: Worker, app: App) -> None:
         while True:
-            self.fire_due(app)
+            await app.call_store(self.fire_due, app)  # several store calls: all on the store thread
             if not self._schedules:
                 return
             now = datetime.fromtimestamp(app.clock.now(), UTC)
@@ -275,7 +255,7 @@ class Cron(Plugin):
                 return
 
     async def on_drain(self, worker: Worker, app: App) -> None:
-        self.fire_due(app)
+        await app.call_store(self.fire_due, app)
 
     def fire_due(self, app: App) -> list[Fired]:
         """Enqueue (or skip, per misfire policy) the latest due slot of every schedule; return what this call did."""
@@ -283,7 +263,7 @@ class Cron(Plugin):
             return []
         now = app.clock.now()
         now_dt = datetime.fromtimestamp(now, UTC)
-        last = {name: int(slot) for name, slot in app.store.query("read cron slots", _LAST_SLOTS)}
+        last = app.store.cron_last_slots()
         fired: list[Fired] = []
         for schedule in self._schedules:
             previous = last.get(schedule.name)
@@ -313,12 +293,7 @@ class Cron(Plugin):
         if catch_up:
             meta["catch_up"] = True
         request = self._request(app, schedule, meta)
-
-        def claim_slot(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(_RECORD, (schedule.name, slot, "enqueued", now))
-            return cur.rowcount == 1
-
-        refs = app.enqueue_many([request], guard=claim_slot)
+        refs = app.enqueue_for_cron_slot(schedule.name, slot, request, now=now)
         if not refs:
             return None  # another process (or a drain) fired this slot first
         logger.info("cron %s: enqueued job %d for %s%s", schedule.name, refs[0].id, at.isoformat(),
@@ -348,8 +323,8 @@ class Cron(Plugin):
             spec = dataclasses.replace(spec, meta={**spec.meta, **meta})
         return EnqueueRequest(function, tuple(schedule.args), dict(schedule.kwargs), spec)
 
-    def _record(self, app: App, name: str, slot: int, kind: str, now: float) -> bool:
-        return app.store.execute_write("record cron slot", _RECORD, (name, slot, kind, now)) == 1
+    def _record(self, app: App, name: str, slot: int, kind: SlotKind, now: float) -> bool:
+        return app.store.record_cron_slot(name, slot, kind=kind, now=now)
 
     # -- storage ---------------------------------------------------------------
 
@@ -359,4 +334,4 @@ class Cron(Plugin):
     def cleanup(self, app: App) -> int:
         """Delete slot records older than ``keep_slots_s`` (each schedule keeps its latest)."""
         before = math.floor(app.clock.now() - self.keep_slots_s)
-        return app.store.execute_write("clean cron slots", _CLEANUP, (before,))
+        return app.store.prune_cron_slots(before=before)

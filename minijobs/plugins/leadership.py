@@ -35,12 +35,12 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigurationError, StoreError
-from ..job import to_datetime
 from ..plugin import Plugin, PluginScope
+from ..store import LeaseRecord
 
 if TYPE_CHECKING:
     from ..app import App
@@ -49,43 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IDENTIFIER = "minijobs.leadership"
-MIGRATIONS = (
-    """
-    CREATE TABLE minijobs_leadership (
-        name TEXT PRIMARY KEY,
-        owner TEXT NOT NULL,
-        term INTEGER NOT NULL,
-        acquired_at REAL NOT NULL,
-        renewed_at REAL NOT NULL,
-        expires_at REAL NOT NULL
-    ) WITHOUT ROWID
-    """,
-    # Rows are now named after the leader-scoped plugin they elect for.  The shared row goes, and
-    # the version bump makes a process of an older minijobs refuse this file rather than keep
-    # electing one leader for everything beside workers that elect per plugin.
-    "DELETE FROM minijobs_leadership WHERE name = 'leader'",
-)
-
-# Right-hand sides of SET see the row as it was, so the CASEs compare against the old owner.
-_ACQUIRE = """
-INSERT INTO minijobs_leadership (name, owner, term, acquired_at, renewed_at, expires_at)
-VALUES (:name, :owner, 1, :now, :now, :expires)
-ON CONFLICT (name) DO UPDATE SET
-    owner = excluded.owner,
-    term = CASE WHEN owner = excluded.owner THEN term ELSE term + 1 END,
-    acquired_at = CASE WHEN owner = excluded.owner THEN acquired_at ELSE excluded.acquired_at END,
-    renewed_at = excluded.renewed_at,
-    expires_at = excluded.expires_at
-WHERE owner = excluded.owner OR expires_at <= excluded.renewed_at
-RETURNING term
-"""
-
-_LEASES = "SELECT name, owner, term, acquired_at, renewed_at, expires_at FROM minijobs_leadership"
-
-_RESIGN = (
-    "UPDATE minijobs_leadership SET expires_at = :now "
-    "WHERE name = :name AND owner = :owner AND term = :term AND expires_at > :now"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +93,6 @@ class Leadership(Plugin):
     long for the lock.
     """
 
-    migrations = MIGRATIONS
     config_schema: ClassVar[Mapping[str, Any]] = {"lease_s": float, "renew_interval_s": float | None}
 
     lease_s: float
@@ -182,7 +144,7 @@ class Leadership(Plugin):
                 mono, now = time.monotonic(), app.clock.now()
                 for election in elections:
                     if now >= election.next_clock or mono >= election.next_mono:
-                        wait_clock, wait_real = self._step(worker, app, election)
+                        wait_clock, wait_real = await self._step(worker, app, election)
                         election.next_clock = app.clock.now() + wait_clock
                         election.next_mono = time.monotonic() + wait_real
                 until = min(e.next_clock for e in elections)
@@ -191,14 +153,20 @@ class Leadership(Plugin):
                     return
         finally:
             for election in elections:
-                self._resign(worker, app, election)
+                await self._resign(worker, app, election)
 
-    def _step(self, worker: Worker, app: App, election: _Election) -> tuple[float, float]:
+    def migrate(self, app: App, to_version: int | None = None) -> int:
+        """The election table is the store's own (a built-in schema), not SQL of this plugin."""
+        return app.store.migrate_component(IDENTIFIER, to_version=to_version)
+
+    async def _step(self, worker: Worker, app: App, election: _Election) -> tuple[float, float]:
         """Try to acquire or renew once; return how long to wait (clock seconds, real seconds)."""
         mono = time.monotonic()
         now = app.clock.now()
         try:
-            term = self._acquire(app, election.plugin, worker.id, now)
+            term = await app.call_store(
+                worker.store.acquire_leadership, election.plugin, owner=worker.id, now=now, lease_s=self.lease_s
+            )
         except StoreError as exc:
             logger.warning("worker %s: leadership renewal (%s) failed: %s", worker.id, election.plugin, exc)
             term = None
@@ -228,18 +196,16 @@ class Leadership(Plugin):
         if failed:
             return self.renew_every_s, self.renew_every_s
         # A follower: try again right when the current lease runs out.
-        current = self.current(app, plugin=election.plugin)
+        try:
+            leases = await app.call_store(worker.store.leadership_leases)
+        except StoreError as exc:
+            logger.warning("worker %s: reading the lease of %s failed: %s", worker.id, election.plugin, exc)
+            return self.renew_every_s, self.renew_every_s
+        current = next((_leader(lease) for lease in leases if lease.plugin == election.plugin), None)
         if current is None:
             return 0.0, 0.0
         until_expiry = current.expires_at.timestamp() - app.clock.now()
         return max(0.0, until_expiry), max(0.001, min(self.renew_every_s, until_expiry))
-
-    def _acquire(self, app: App, plugin: str, owner: str, now: float) -> int | None:
-        with app.store.transaction("acquire leadership") as conn:
-            row = conn.execute(
-                _ACQUIRE, {"name": plugin, "owner": owner, "now": now, "expires": now + self.lease_s}
-            ).fetchone()
-        return None if row is None else int(row[0])
 
     def _gain(self, worker: Worker, app: App, election: _Election, term: int) -> None:
         election.term = term
@@ -253,16 +219,14 @@ class Leadership(Plugin):
         logger.warning("worker %s no longer leads %s (term %s): %s", worker.id, election.plugin, term, reason)
         app.events.emit("leadership.lost", worker_id=worker.id, term=term, plugin=election.plugin, reason=reason)
 
-    def _resign(self, worker: Worker, app: App, election: _Election) -> None:
+    async def _resign(self, worker: Worker, app: App, election: _Election) -> None:
         """Hand the lease back so another process takes over at once (worker stopping)."""
         term = election.term
         if term is None:
             return
         try:
-            app.store.execute_write(
-                "resign leadership",
-                _RESIGN,
-                {"name": election.plugin, "owner": worker.id, "term": term, "now": app.clock.now()},
+            await app.call_store(
+                worker.store.resign_leadership, election.plugin, owner=worker.id, term=term, now=app.clock.now()
             )
         except StoreError as exc:
             logger.warning("worker %s: could not hand the lease of %s back (it expires by itself): %s",
@@ -283,14 +247,15 @@ class Leadership(Plugin):
     @staticmethod
     def leases(app: App) -> dict[str, Leader]:
         """Every stored lease (possibly expired), by the identifier of the plugin it elects for."""
-        return {
-            name: Leader(
-                owner=owner,
-                term=int(term),
-                acquired_at=to_datetime(acquired_at),  # type: ignore[arg-type]
-                renewed_at=to_datetime(renewed_at),  # type: ignore[arg-type]
-                expires_at=to_datetime(expires_at),  # type: ignore[arg-type]
-                plugin=name,
-            )
-            for name, owner, term, acquired_at, renewed_at, expires_at in app.store.query("read leadership", _LEASES)
-        }
+        return {lease.plugin: _leader(lease) for lease in app.store.leadership_leases()}
+
+
+def _leader(lease: LeaseRecord) -> Leader:
+    return Leader(
+        owner=lease.owner,
+        term=lease.term,
+        acquired_at=datetime.fromtimestamp(lease.acquired_at, UTC),
+        renewed_at=datetime.fromtimestamp(lease.renewed_at, UTC),
+        expires_at=datetime.fromtimestamp(lease.expires_at, UTC),
+        plugin=lease.plugin,
+    )

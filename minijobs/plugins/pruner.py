@@ -36,6 +36,7 @@ from ..errors import ConfigurationError, InvalidNameError
 from ..job import JobState
 from ..names import check_queue_name
 from ..plugin import Plugin, PluginScope
+from ..store import CheckpointMode
 from .leadership import IDENTIFIER as LEADERSHIP
 
 if TYPE_CHECKING:
@@ -177,19 +178,18 @@ class Pruner(Plugin):
     async def prune_async(self, worker: Worker, app: App) -> PruneReport:
         """One pass within ``time_budget_s``, pausing between batches; emits ``pruner.pass``."""
         deadline = time.monotonic() + self.time_budget_s
+        import asyncio  # lazily: `import minijobs` loads no event loop machinery
+
         batches = _Batches(self, app)
         report = PruneReport()
-        while batches.step():
+        while await app.call_store(batches.step):
             if time.monotonic() >= deadline:
                 report.complete = False
                 break
-            import asyncio  # lazily: `import minijobs` loads no event loop machinery
-
             await asyncio.sleep(BATCH_PAUSE_S)
         report.jobs = batches.deleted
-        report.plugins = _cleanup_plugins(app)
-        idle = not any(executor.running for executor in worker.executors.values())
-        report.checkpoint = self.checkpoint(app, idle=idle)
+        report.plugins = await app.call_store(_cleanup_plugins, app)
+        report.checkpoint = await app.call_store(self.checkpoint, app, idle=worker.is_idle)
         if report.jobs or any(report.plugins.values()):
             logger.info("pruned %d finished job(s)%s%s", report.jobs,
                         "".join(f", {n} {name} row(s)" for name, n in report.plugins.items() if n),
@@ -207,7 +207,7 @@ class Pruner(Plugin):
             wal_bytes = os.path.getsize(f"{store.path}-wal")
         except OSError:
             wal_bytes = 0
-        mode = "TRUNCATE" if idle and wal_bytes > self.wal_truncate_bytes else "PASSIVE"
+        mode: CheckpointMode = "TRUNCATE" if idle and wal_bytes > self.wal_truncate_bytes else "PASSIVE"
         result = store.checkpoint(mode)
         if mode == "TRUNCATE":
             logger.info("truncated the WAL of %s (was %d bytes; busy=%d)", store.path, wal_bytes, result[0])

@@ -86,18 +86,23 @@ class Recovery(Plugin):
             # Schedule the next pass from the time read before this one: a clock jump during the
             # pass (FakeClock.advance in tests, a resumed laptop) then triggers another pass at once.
             started = app.clock.now()
-            report = self.recover(app)
+            report = await app.call_store(self.recover, app, spare_owner=worker.id)
             if report.requeued:
                 worker.wake()
             if not await self.sleep_until(started + interval):
                 return
 
-    def recover(self, app: App) -> RecoveryReport:
-        """One pass: requeue every job whose lease expired by the app's clock (in batches)."""
+    def recover(self, app: App, *, spare_owner: str | None = None) -> RecoveryReport:
+        """One pass: requeue every job whose lease expired by the app's clock (in batches).
+
+        ``spare_owner`` (the worker running this plugin) keeps its own jobs:
+        it is alive, and renews their leases as soon as it can write again
+        (after another process held the database locked past a lease, say).
+        """
         report = RecoveryReport()
         while True:
             requeued, poisoned = app.store.recover_expired(
-                now=app.clock.now(), max_rescues=self.max_rescues, limit=self.batch_size
+                now=app.clock.now(), max_rescues=self.max_rescues, limit=self.batch_size, spare_owner=spare_owner
             )
             if requeued:
                 logger.warning("requeued %d job(s) whose worker stopped renewing their lease: %s",

@@ -1,4 +1,4 @@
-"""All SQL of minijobs, behind domain verbs: enqueue, claim, finish, release, cancel, retry, recover, prune.
+"""The SQLite implementation of :class:`~minijobs.store.Store`.
 
 One :class:`SQLiteStore` per :class:`~minijobs.App` holds one connection,
 shared by the app's threads under a lock.  Writes that read before they write
@@ -19,13 +19,13 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
-from . import payload
-from .errors import (
+from .. import payload
+from ..errors import (
     CorruptDatabaseError,
     DatabaseBusyError,
     DatabaseFileError,
@@ -35,15 +35,31 @@ from .errors import (
     StorageFullError,
     StoreError,
 )
-from .job import STATE_BY_VALUE, AttemptError, Job, JobState, Progress, job_from_fields, to_datetime
+from ..job import (
+    STATE_BY_VALUE,
+    AttemptError,
+    Job,
+    JobState,
+    Progress,
+    decode_attempt_errors,
+    encode_attempt_error,
+    job_from_fields,
+)
+from . import sql
+from .base import (
+    CheckpointMode,
+    Durability,
+    IntegrityCheck,
+    LeaseRecord,
+    NewJob,
+    Outcome,
+    PayloadRun,
+    SlotKind,
+    Store,
+)
 
 logger = logging.getLogger(__name__)
 
-Durability = Literal["normal", "full"]
-#: ``"quick"`` runs ``PRAGMA quick_check`` (every page's b-tree structure), ``"full"`` runs
-#: ``PRAGMA integrity_check`` (also that every index matches its table; several times slower).
-IntegrityCheck = Literal["quick", "full"]
-_CHECK_PRAGMAS: dict[str, str] = {"quick": "quick_check", "full": "integrity_check"}
 #: Findings quoted in the error; SQLite reports up to 100.
 _CHECK_LINES_SHOWN = 5
 
@@ -53,213 +69,12 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 #: without bound while it pins old pages, and without a limit the file would keep that size for ever.
 WAL_SIZE_LIMIT_BYTES = 8 * 1024 * 1024
 
-#: Schema of the core tables; each entry migrates from version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE minijobs_jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        state TEXT NOT NULL,
-        priority INTEGER NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        max_attempts INTEGER NOT NULL DEFAULT 1,
-        timeout_s REAL,
-        scheduled_at REAL NOT NULL,
-        created_at REAL NOT NULL,
-        started_at REAL,
-        completed_at REAL,
-        result TEXT,
-        errors TEXT NOT NULL DEFAULT '[]',
-        progress TEXT,
-        meta TEXT NOT NULL DEFAULT '{}',
-        unique_key TEXT,
-        lease_owner TEXT,
-        lease_expires_at REAL,
-        rescues INTEGER NOT NULL DEFAULT 0,
-        cancel_requested INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX minijobs_jobs_runnable ON minijobs_jobs (queue, priority DESC, id, scheduled_at)
-        WHERE state IN ('pending', 'retrying');
-    CREATE INDEX minijobs_jobs_leases ON minijobs_jobs (lease_expires_at) WHERE state = 'running';
-    CREATE INDEX minijobs_jobs_owner ON minijobs_jobs (lease_owner) WHERE state = 'running';
-    CREATE INDEX minijobs_jobs_finished ON minijobs_jobs (completed_at)
-        WHERE state IN ('succeeded', 'failed', 'cancelled');
-    CREATE UNIQUE INDEX minijobs_jobs_unique_live ON minijobs_jobs (unique_key)
-        WHERE unique_key IS NOT NULL AND state IN ('pending', 'running', 'retrying');
-    CREATE TABLE minijobs_queues (
-        name TEXT PRIMARY KEY,
-        paused INTEGER NOT NULL DEFAULT 0
-    ) WITHOUT ROWID;
-    """,
-    # v2: SQLite evaluates a partial index's WHERE on every UPDATE that changes a column it
-    # names, and an IN list of three or more constants is built as a temporary b-tree each
-    # time: ``state IN ('succeeded', 'failed', 'cancelled')`` cost ~5 us per claim and per
-    # finish.  Finished rows are exactly those with ``completed_at`` set (retrying, released
-    # and re-run jobs get it cleared), and any ``completed_at`` comparison in a query lets
-    # the planner use an ``IS NOT NULL`` partial index.
-    """
-    DROP INDEX minijobs_jobs_finished;
-    CREATE INDEX minijobs_jobs_finished ON minijobs_jobs (completed_at) WHERE completed_at IS NOT NULL;
-    """,
-    # v3: runnable suspects (jobs rescued from a dead worker, see ``_CLAIM``) in claim order, so
-    # each claim finds the first one with one probe of a (nearly always empty) index.  Normal rows
-    # stop at ``rescues > 0`` when a claim or a finish evaluates the WHERE: no index write for them.
-    """
-    CREATE INDEX minijobs_jobs_suspects ON minijobs_jobs (queue, priority DESC, id)
-        WHERE rescues > 0 AND state IN ('pending', 'retrying');
-    """,
-    # v4: without AUTOINCREMENT.  AUTOINCREMENT writes the sqlite_sequence page on every insert,
-    # a third page in each enqueue's commit (~8 us of a ~40 us enqueue).  A plain rowid table
-    # gives a new row max(id) + 1, so ids would be reused once the newest job is deleted:
-    # SQLiteStore.prune never deletes the row with the highest id, and this rebuild keeps the
-    # old high-water mark by writing a placeholder row (a cancelled job named
-    # ``minijobs.id_placeholder``) at ``sqlite_sequence.seq`` when the newest jobs were already
-    # pruned.  The placeholder is an ordinary finished job: it is pruned once newer jobs exist.
-    # SQLite cannot drop AUTOINCREMENT in place; the table is rebuilt in this one transaction.
-    """
-    CREATE TABLE minijobs_jobs_v4 (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        state TEXT NOT NULL,
-        priority INTEGER NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        max_attempts INTEGER NOT NULL DEFAULT 1,
-        timeout_s REAL,
-        scheduled_at REAL NOT NULL,
-        created_at REAL NOT NULL,
-        started_at REAL,
-        completed_at REAL,
-        result TEXT,
-        errors TEXT NOT NULL DEFAULT '[]',
-        progress TEXT,
-        meta TEXT NOT NULL DEFAULT '{}',
-        unique_key TEXT,
-        lease_owner TEXT,
-        lease_expires_at REAL,
-        rescues INTEGER NOT NULL DEFAULT 0,
-        cancel_requested INTEGER NOT NULL DEFAULT 0
-    );
-    INSERT INTO minijobs_jobs_v4 (
-        id, name, queue, payload, state, priority, attempts, max_attempts, timeout_s, scheduled_at, created_at,
-        started_at, completed_at, result, errors, progress, meta, unique_key, lease_owner, lease_expires_at,
-        rescues, cancel_requested
-    ) SELECT
-        id, name, queue, payload, state, priority, attempts, max_attempts, timeout_s, scheduled_at, created_at,
-        started_at, completed_at, result, errors, progress, meta, unique_key, lease_owner, lease_expires_at,
-        rescues, cancel_requested
-    FROM minijobs_jobs ORDER BY id;
-    INSERT INTO minijobs_jobs_v4 (id, name, queue, payload, state, scheduled_at, created_at, completed_at,
-                                  cancel_requested, meta)
-        SELECT seq, 'minijobs.id_placeholder', 'default', '{"args":[],"kwargs":{}}', 'cancelled',
-               t.now, t.now, t.now, 1, '{"minijobs":"keeps job ids from being reused (schema v4)"}'
-        FROM sqlite_sequence, (SELECT (julianday('now') - 2440587.5) * 86400.0 AS now) AS t
-        WHERE name = 'minijobs_jobs' AND seq > (SELECT coalesce(max(id), 0) FROM minijobs_jobs);
-    DROP TABLE minijobs_jobs;
-    ALTER TABLE minijobs_jobs_v4 RENAME TO minijobs_jobs;
-    CREATE INDEX minijobs_jobs_runnable ON minijobs_jobs (queue, priority DESC, id, scheduled_at)
-        WHERE state IN ('pending', 'retrying');
-    CREATE INDEX minijobs_jobs_leases ON minijobs_jobs (lease_expires_at) WHERE state = 'running';
-    CREATE INDEX minijobs_jobs_owner ON minijobs_jobs (lease_owner) WHERE state = 'running';
-    CREATE INDEX minijobs_jobs_finished ON minijobs_jobs (completed_at) WHERE completed_at IS NOT NULL;
-    CREATE UNIQUE INDEX minijobs_jobs_unique_live ON minijobs_jobs (unique_key)
-        WHERE unique_key IS NOT NULL AND state IN ('pending', 'running', 'retrying');
-    CREATE INDEX minijobs_jobs_suspects ON minijobs_jobs (queue, priority DESC, id)
-        WHERE rescues > 0 AND state IN ('pending', 'retrying');
-    """,
-    # v5: jobs scheduled ahead (delays, retry backoff) are kept out of the runnable index, or
-    # every claim and every idle wake-up walks all of them: ``waiting = 1`` marks a runnable
-    # row written with ``scheduled_at`` in the future, and the claim first promotes the due
-    # ones of its queue (``waiting = 0``) through their own index on ``(queue, scheduled_at)``.
-    # A wrong flag is only slower, never wrong: the claim still checks ``scheduled_at``.
-    # Runnable rows already scheduled ahead (by the wall clock) start out waiting; the old
-    # runnable index finds them, so they are flagged before it is dropped.
-    """
-    ALTER TABLE minijobs_jobs ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;
-    UPDATE minijobs_jobs SET waiting = 1
-        WHERE state IN ('pending', 'retrying') AND scheduled_at > (julianday('now') - 2440587.5) * 86400.0;
-    DROP INDEX minijobs_jobs_runnable;
-    CREATE INDEX minijobs_jobs_runnable ON minijobs_jobs (queue, priority DESC, id, scheduled_at)
-        WHERE state IN ('pending', 'retrying') AND waiting = 0;
-    CREATE INDEX minijobs_jobs_waiting ON minijobs_jobs (queue, scheduled_at) WHERE waiting = 1;
-    """,
-)
-
-_JOB_COLUMNS = (
-    "id, name, queue, payload, state, priority, attempts, max_attempts, timeout_s, scheduled_at, created_at, "
-    "started_at, completed_at, result, errors, progress, meta, unique_key, rescues, cancel_requested, lease_owner"
-)
-
-#: What a claim reads back: the columns of ``_JOB_COLUMNS`` the claim did not just set itself.
-_CLAIMED_COLUMNS = (
-    "id, name, payload, priority, attempts, max_attempts, timeout_s, scheduled_at, created_at, "
-    "result, errors, progress, meta, unique_key, rescues, cancel_requested"
-)
-
-_RUNNABLE = "state IN ('pending', 'retrying')"
-#: Due waiting rows promoted per claim at most, so that one claim never does unbounded work
-#: (a million jobs falling due at once are promoted over many claims, earliest first).
-_PROMOTE_LIMIT = 1000
-
-
-class NewJob(NamedTuple):
-    """A validated row to insert; built by the app, written by :meth:`SQLiteStore.enqueue`.
-
-    A named tuple (cheaper to build than a frozen dataclass, ~1 us per enqueue)
-    whose field order is the order of ``_INSERT``'s parameters, so a row is
-    bound as it is.
-    """
-
-    name: str
-    queue: str
-    payload: str
-    priority: int
-    max_attempts: int
-    timeout_s: float | None
-    scheduled_at: float
-    created_at: float
-    unique_key: str | None
-    meta: str
-    #: Whether the job starts out scheduled ahead (``scheduled_at > created_at``), see schema v5.
-    waiting: bool
-
-
-class Outcome(NamedTuple):
-    """The end of one attempt, as written by :meth:`SQLiteStore.finish`.
-
-    ``state`` is succeeded, failed, cancelled or retrying (then ``scheduled_at``
-    is when to run again).  ``error`` is a JSON object appended to the job's errors.
-    A named tuple: one is built per finished job.
-    """
-
-    job_id: int
-    owner: str
-    attempt: int
-    state: JobState
-    completed_at: float | None
-    result: str | None = None
-    error: str | None = None
-    scheduled_at: float | None = None
-    progress: str | None = None
-
-
-class PayloadRun(NamedTuple):
-    """Jobs that share every column but the payload, with their payloads as one JSON array.
-
-    Built by ``enqueue_many`` (see :func:`minijobs.payload.encode_calls`) and
-    inserted by one ``INSERT ... SELECT FROM json_each``; ``size`` jobs; ``template``'s own
-    payload is ignored, ``first``/``last`` are the first and last payloads (to
-    check that ids follow the array order).
-    """
-
-    template: NewJob
-    payloads: str
-    size: int
-    first: str
-    last: str
+#: The schema of each built-in component, by component name (see :meth:`SQLiteStore.migrate_component`).
+BUILTIN_SCHEMAS: dict[str, tuple[str, ...]] = {
+    "minijobs": sql.MIGRATIONS,
+    "minijobs.leadership": sql.LEADERSHIP_MIGRATIONS,
+    "minijobs.cron": sql.CRON_MIGRATIONS,
+}
 
 
 #: What decoding a damaged value raises: bad JSON or shapes, and times or numbers out of range.
@@ -267,7 +82,7 @@ _UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, IndexError, Arit
 
 
 def _job_from_row(row: Sequence[Any], times: dict[float, datetime] | None = None) -> Job:
-    """A :class:`Job` from a ``_JOB_COLUMNS`` row; a row that cannot be read raises CorruptDatabaseError.
+    """A :class:`Job` from a ``sql.JOB_COLUMNS`` row; a row that cannot be read raises CorruptDatabaseError.
 
     A tampered or damaged row (state, result, errors, progress or meta that is
     not what minijobs wrote) must give a typed error naming the job, not a bare
@@ -290,7 +105,7 @@ def _decode_args(text: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 
 def _decode_row(row: Sequence[Any], times: dict[float, datetime] | None = None) -> Job:
-    """A :class:`Job` from a ``_JOB_COLUMNS`` row.
+    """A :class:`Job` from a ``sql.JOB_COLUMNS`` row.
 
     ``times`` memoises timestamp conversions across the rows of one read: jobs
     enqueued together share ``created_at``/``scheduled_at``, and a claim gives a
@@ -322,7 +137,7 @@ def _decode_row(row: Sequence[Any], times: dict[float, datetime] | None = None) 
         started_at,
         completed_at,
         None if row[13] is None else json.loads(row[13]),  # result
-        () if errors_text == "[]" else _parse_errors(errors_text),
+        () if errors_text == "[]" else decode_attempt_errors(errors_text),
         None if row[15] is None else _parse_progress(row[15]),
         {} if meta_text == "{}" else json.loads(meta_text),
         row[17],  # unique_key
@@ -334,7 +149,7 @@ def _decode_row(row: Sequence[Any], times: dict[float, datetime] | None = None) 
 
 
 def _claimed_job(row: Sequence[Any], queue: str, owner: str, started_at: datetime, times: dict[float, datetime]) -> Job:
-    """A :class:`Job` from a ``_CLAIMED_COLUMNS`` row: the claim's hot path.
+    """A :class:`Job` from a ``sql.CLAIMED_COLUMNS`` row: the claim's hot path.
 
     The claim itself set queue, state, start time and owner, so they are not
     read back (six fewer values per row, ~0.7 us of a claim's ~5 us).
@@ -359,7 +174,7 @@ def _claimed_job(row: Sequence[Any], queue: str, owner: str, started_at: datetim
             started_at,
             None,  # completed_at: cleared whenever a job becomes runnable again
             None if row[9] is None else json.loads(row[9]),  # result (of an earlier run, if re-run)
-            () if errors_text == "[]" else _parse_errors(errors_text),
+            () if errors_text == "[]" else decode_attempt_errors(errors_text),
             None if row[11] is None else _parse_progress(row[11]),
             {} if meta_text == "{}" else json.loads(meta_text),
             row[13],  # unique_key
@@ -387,19 +202,6 @@ def _when(ts: float | None, times: dict[float, datetime]) -> datetime | None:
     if dt is None:
         dt = times[ts] = datetime.fromtimestamp(ts, UTC)
     return dt
-
-
-def _parse_errors(text: str) -> tuple[AttemptError, ...]:
-    return tuple(
-        AttemptError(
-            attempt=item.get("attempt", 0),
-            type=item.get("type", ""),
-            message=item.get("message", ""),
-            traceback=item.get("traceback", ""),
-            at=to_datetime(item.get("at", 0.0)),  # type: ignore[arg-type]
-        )
-        for item in json.loads(text)
-    )
 
 
 def _parse_progress(text: str) -> Progress:
@@ -473,7 +275,7 @@ def _translate(exc: sqlite3.Error, what: str) -> StoreError:
     return StoreError(f"{what}: {message}")
 
 
-class SQLiteStore:
+class SQLiteStore(Store):
     """The SQLite file behind an app.  Thread-safe; one per process and path is plenty."""
 
     def __init__(
@@ -494,7 +296,7 @@ class SQLiteStore:
         """
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
-        if integrity_check is not None and integrity_check not in _CHECK_PRAGMAS:
+        if integrity_check is not None and integrity_check not in sql.CHECK_PRAGMAS:
             raise ValueError(f"integrity_check must be 'quick', 'full' or None, got {integrity_check!r}")
         self.path = str(path)
         self.is_memory = self.path == ":memory:" or self.path.startswith("file::memory:")
@@ -513,7 +315,7 @@ class SQLiteStore:
                 self._configure(self._conn)
                 if integrity_check is not None:
                     self._check(self._conn, integrity_check)
-                self.migrate_component("minijobs", MIGRATIONS)
+                self.migrate_component("minijobs")
                 # One cursor for every single enqueue: Connection.execute makes a new one per call.
                 self._enqueue_cursor = self._conn.cursor()
                 self._finalizer = _closing_finalizer(self, self._conn, self._lock)
@@ -625,7 +427,7 @@ class SQLiteStore:
             self._finalizer.detach()
             self._conn.close()
 
-    def open_watcher(self) -> ChangeWatcher | None:
+    def open_watcher(self) -> DataVersionWatcher | None:
         """A second connection that tells cheaply whether another connection committed.
 
         None for in-memory databases: only this process can write them, and it
@@ -633,7 +435,7 @@ class SQLiteStore:
         """
         if self.is_memory:
             return None
-        return ChangeWatcher(self.path, self.busy_timeout_s)
+        return DataVersionWatcher(self.path, self.busy_timeout_s)
 
     # -- transactions ------------------------------------------------------
 
@@ -643,16 +445,16 @@ class SQLiteStore:
         with self._lock:
             conn = self._conn
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(sql.BEGIN_WRITE)
             except sqlite3.Error as exc:
                 raise _translate(exc, what) from exc
             try:
                 yield conn
-                conn.execute("COMMIT")
+                conn.execute(sql.COMMIT)
             except BaseException as exc:
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
+                        conn.execute(sql.ROLLBACK)
                 if isinstance(exc, sqlite3.Error):
                     raise _translate(exc, what) from exc
                 raise
@@ -669,29 +471,33 @@ class SQLiteStore:
 
     def schema_version(self, component: str) -> int:
         with self._read("reading schema version") as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='minijobs_schema'"
-            ).fetchone()
-            if not exists:
+            if not conn.execute(sql.SCHEMA_TABLE_EXISTS).fetchone():
                 return 0
-            row = conn.execute("SELECT version FROM minijobs_schema WHERE component=?", (component,)).fetchone()
+            row = conn.execute(sql.SCHEMA_VERSION, (component,)).fetchone()
             return 0 if row is None else int(row[0])
 
-    def migrate_component(self, component: str, migrations: Sequence[str], *, to_version: int | None = None) -> int:
+    def migrate_component(
+        self, component: str, migrations: Sequence[str] | None = None, *, to_version: int | None = None
+    ) -> int:
         """Bring ``component``'s tables to ``to_version`` (default: latest); return the version.
 
-        Each step runs in its own ``BEGIN IMMEDIATE`` transaction, so processes
-        starting together migrate once.  A database newer than this code is refused.
+        ``migrations=None``: the built-in schema of ``component`` (see
+        ``BUILTIN_SCHEMAS``).  Each step runs in its own ``BEGIN IMMEDIATE``
+        transaction, so processes starting together migrate once.  A database
+        newer than this code is refused.
         """
+        if migrations is None:
+            try:
+                migrations = BUILTIN_SCHEMAS[component]
+            except KeyError:
+                raise ValueError(f"{component}: no built-in schema; pass the component's migrations") from None
         target = len(migrations) if to_version is None else to_version
         if not 0 <= target <= len(migrations):
             raise ValueError(f"{component}: no schema version {target} (latest is {len(migrations)})")
         while True:
             with self._write(f"migrating {component}") as conn:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS minijobs_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-                )
-                row = conn.execute("SELECT version FROM minijobs_schema WHERE component=?", (component,)).fetchone()
+                conn.execute(sql.CREATE_SCHEMA_TABLE)
+                row = conn.execute(sql.SCHEMA_VERSION, (component,)).fetchone()
                 current = 0 if row is None else int(row[0])
                 if current > len(migrations):
                     raise SchemaVersionError(
@@ -702,22 +508,20 @@ class SQLiteStore:
                     return current
                 for statement in _split_sql(migrations[current]):
                     conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO minijobs_schema (component, version) VALUES (?, ?) "
-                    "ON CONFLICT (component) DO UPDATE SET version=excluded.version",
-                    (component, current + 1),
-                )
+                conn.execute(sql.SET_SCHEMA_VERSION, (component, current + 1))
                 logger.info("migrated %s schema of %s to version %d", component, self.path, current + 1)
 
-    def execute_write(self, what: str, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+    # -- plugins' own tables (SQLite only; not part of the Store interface) --
+
+    def execute_write(self, what: str, statement: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
         """Run one statement of a plugin's own tables in a write transaction; return rows changed."""
         with self._write(what) as conn:
-            return conn.execute(sql, params).rowcount
+            return conn.execute(statement, params).rowcount
 
-    def query(self, what: str, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+    def query(self, what: str, statement: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query (for plugins' own tables)."""
         with self._read(what) as conn:
-            return conn.execute(sql, params).fetchall()
+            return conn.execute(statement, params).fetchall()
 
     @contextlib.contextmanager
     def transaction(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -727,9 +531,7 @@ class SQLiteStore:
 
     # -- enqueue -----------------------------------------------------------
 
-    def enqueue(
-        self, rows: Sequence[NewJob | PayloadRun], *, guard: Callable[[sqlite3.Connection], bool] | None = None
-    ) -> list[tuple[int, bool]]:
+    def enqueue(self, rows: Sequence[NewJob | PayloadRun]) -> list[tuple[int, bool]]:
         """Insert jobs in one transaction; return ``(id, created)`` per job, in order.
 
         A :class:`PayloadRun` stands for ``size`` jobs.
@@ -737,18 +539,9 @@ class SQLiteStore:
         A row whose ``unique_key`` already has a live job returns that job's id
         with ``created=False``; the partial unique index makes this hold across
         processes racing on the same key.
-
-        ``guard`` (for plugins that own tables) runs first inside the same
-        transaction; if it returns False nothing is inserted and ``[]`` is
-        returned.  Cron uses it to record a fired slot and its job atomically.
         """
         if not rows:
             return []
-        if guard is not None:
-            with self._write("enqueue") as conn:
-                if not guard(conn):
-                    return []
-                return self._insert_rows(conn, rows)
         if len(rows) == 1 and not isinstance(rows[0], PayloadRun):
             return [self.enqueue_one(rows[0])]
         with self._write("enqueue") as conn:
@@ -767,7 +560,7 @@ class SQLiteStore:
         """
         with self._lock:
             try:
-                cur = self._enqueue_cursor.execute(_INSERT if row.unique_key is None else _INSERT_IF_FREE, row)
+                cur = self._enqueue_cursor.execute(sql.INSERT if row.unique_key is None else sql.INSERT_IF_FREE, row)
             except sqlite3.Error as exc:
                 raise _translate(exc, "enqueue") from exc
             if cur.rowcount == 1:
@@ -792,17 +585,14 @@ class SQLiteStore:
                 out.extend((job_id, True) for job_id in range(last_id - row.size + 1, last_id + 1))
                 continue
             if row.unique_key is None:
-                (job_id,) = conn.execute(_INSERT_RETURNING, row).fetchone()
+                (job_id,) = conn.execute(sql.INSERT_RETURNING, row).fetchone()
                 out.append((job_id, True))
                 continue
-            found = conn.execute(_INSERT_UNIQUE, row).fetchone()
+            found = conn.execute(sql.INSERT_UNIQUE, row).fetchone()
             if found is not None:
                 out.append((found[0], True))
                 continue
-            existing = conn.execute(
-                "SELECT id FROM minijobs_jobs WHERE unique_key=? AND state IN ('pending','running','retrying')",
-                (row.unique_key,),
-            ).fetchone()
+            existing = conn.execute(sql.UNIQUE_HOLDER, (row.unique_key,)).fetchone()
             if existing is None:  # pragma: no cover - the index conflict guarantees a live row
                 raise StoreError(f"unique key {row.unique_key!r} conflicted but no live job holds it")
             out.append((existing[0], False))
@@ -822,7 +612,7 @@ class SQLiteStore:
         (``idle``), and nothing when it comes first and the caller is busy.
 
         Due jobs of ``queue`` that still wait are promoted first (up to
-        ``_PROMOTE_LIMIT`` per claim), so they compete on priority.
+        ``sql.PROMOTE_LIMIT`` per claim), so they compete on priority.
 
         The usual claim is one autocommit statement, as cheap as before the
         waiting index (a transaction around a promotion and the claim would
@@ -834,12 +624,12 @@ class SQLiteStore:
             return []
         params = {"queue": queue, "limit": limit, "owner": owner, "now": now, "expires": now + lease_s, "idle": idle}
         with self._read("claim") as conn:
-            rows = conn.execute(_CLAIM, params).fetchall()
-            promote = not rows and conn.execute(_DUE_WAITING, params).fetchone() is not None
+            rows = conn.execute(sql.CLAIM, params).fetchall()
+            promote = not rows and conn.execute(sql.DUE_WAITING, params).fetchone() is not None
         if promote:
             with self._write("promote and claim") as conn:
-                conn.execute(_PROMOTE, params)
-                rows = conn.execute(_CLAIM_PROMOTED, params).fetchall()
+                conn.execute(sql.PROMOTE, params)
+                rows = conn.execute(sql.CLAIM_PROMOTED, params).fetchall()
         times: dict[float, datetime] = {}
         started_at = times[now] = datetime.fromtimestamp(now, UTC)
         jobs: list[Job] = []
@@ -859,14 +649,11 @@ class SQLiteStore:
         with self._write("fail damaged jobs") as conn:
             for job_id, attempt, message in damaged:
                 logger.error("%s; failing it", message, extra={"job_id": job_id})
-                error = json.dumps({"attempt": attempt, "type": "minijobs.CorruptDatabaseError", "message": message,
-                                    "traceback": "", "at": now})
-                # errors is replaced, not appended to: it may be the damaged column.
-                conn.execute(
-                    "UPDATE minijobs_jobs SET state='failed', completed_at=?, errors=json_array(json(?)), "
-                    "lease_owner=NULL, lease_expires_at=NULL WHERE id=? AND lease_owner=? AND state='running'",
-                    (now, error, job_id, owner),
-                )
+                error = encode_attempt_error(AttemptError(
+                    attempt=attempt, type="minijobs.CorruptDatabaseError", message=message, traceback="",
+                    at=datetime.fromtimestamp(now, UTC),
+                ))
+                conn.execute(sql.FAIL_DAMAGED, (now, error, job_id, owner))
 
     def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Write the ends of attempts in one transaction; False where the fence refused a stale write."""
@@ -884,20 +671,20 @@ class SQLiteStore:
         with self._write("finish jobs") as conn:
             if len(params) == 1:
                 if simple:
-                    return [conn.execute(_FINISH_PLAIN, simple[0]).rowcount == 1]
-                return [conn.execute(_FINISH, params[0]).rowcount == 1]
+                    return [conn.execute(sql.FINISH_PLAIN, simple[0]).rowcount == 1]
+                return [conn.execute(sql.FINISH, params[0]).rowcount == 1]
             # One executemany per statement for the batch; if the fence refused any row, undo
             # and write row by row to learn which (rare: a lease lost to another worker).
-            conn.execute("SAVEPOINT minijobs_finish")
-            changed = conn.executemany(_FINISH_PLAIN, simple).rowcount if simple else 0
+            conn.execute(sql.SAVEPOINT_FINISH)
+            changed = conn.executemany(sql.FINISH_PLAIN, simple).rowcount if simple else 0
             if general:
-                changed += conn.executemany(_FINISH, general).rowcount
+                changed += conn.executemany(sql.FINISH, general).rowcount
             if changed == len(params):
-                conn.execute("RELEASE minijobs_finish")
+                conn.execute(sql.RELEASE_FINISH)
                 return [True] * len(params)
-            conn.execute("ROLLBACK TO minijobs_finish")
-            conn.execute("RELEASE minijobs_finish")
-            return [conn.execute(_FINISH, p).rowcount == 1 for p in params]
+            conn.execute(sql.ROLLBACK_TO_FINISH)
+            conn.execute(sql.RELEASE_FINISH)
+            return [conn.execute(sql.FINISH, p).rowcount == 1 for p in params]
 
     def release(self, owner: str, job_ids: Iterable[int], *, now: float) -> int:
         """Give unfinished jobs back to the queue without using up an attempt (graceful shutdown).
@@ -911,12 +698,7 @@ class SQLiteStore:
         with self._write("release jobs") as conn:
             changed = 0
             for job_id in ids:
-                changed += conn.execute(
-                    "UPDATE minijobs_jobs SET state=CASE WHEN attempts > 1 THEN 'retrying' ELSE 'pending' END, "
-                    "attempts=attempts-1, scheduled_at=?, lease_owner=NULL, lease_expires_at=NULL, progress=NULL "
-                    "WHERE id=? AND lease_owner=? AND state='running'",
-                    (now, job_id, owner),
-                ).rowcount
+                changed += conn.execute(sql.RELEASE, (now, job_id, owner)).rowcount
             return changed
 
     def renew_leases(self, owner: str, job_ids: Sequence[int], *, now: float, lease_s: float) -> tuple[set[int], set[int]]:
@@ -928,15 +710,10 @@ class SQLiteStore:
         if not job_ids:
             return set(), set()
         with self._write("renew leases") as conn:
-            conn.execute(
-                "UPDATE minijobs_jobs SET lease_expires_at=? WHERE lease_owner=? AND state='running'",
-                (now + lease_s, owner),
-            )
+            conn.execute(sql.RENEW_LEASES, (now + lease_s, owner))
             held: set[int] = set()
             cancel: set[int] = set()
-            for job_id, flag in conn.execute(
-                "SELECT id, cancel_requested FROM minijobs_jobs WHERE lease_owner=? AND state='running'", (owner,)
-            ):
+            for job_id, flag in conn.execute(sql.HELD_LEASES, (owner,)):
                 held.add(job_id)
                 if flag:
                     cancel.add(job_id)
@@ -945,51 +722,26 @@ class SQLiteStore:
     def cancel_requested(self, owner: str) -> set[int]:
         """Jobs leased to ``owner`` that someone asked to cancel (read-only, indexed)."""
         with self._read("check cancellations") as conn:
-            return {
-                row[0]
-                for row in conn.execute(
-                    "SELECT id FROM minijobs_jobs WHERE lease_owner=? AND state='running' AND cancel_requested=1",
-                    (owner,),
-                )
-            }
+            return {row[0] for row in conn.execute(sql.CANCEL_REQUESTED, (owner,))}
 
     def set_progress(self, job_id: int, owner: str, attempt: int, progress_json: str) -> bool:
         with self._read("set progress") as conn:
-            cur = conn.execute(
-                "UPDATE minijobs_jobs SET progress=? WHERE id=? AND lease_owner=? AND attempts=? AND state='running'",
-                (progress_json, job_id, owner, attempt),
-            )
-            return cur.rowcount == 1
+            return conn.execute(sql.SET_PROGRESS, (progress_json, job_id, owner, attempt)).rowcount == 1
 
     def next_due_at(self, queues: Sequence[str], *, after: float | None = None) -> float | None:
         """Earliest ``scheduled_at`` of a runnable job in ``queues`` (None if there is none).
 
-        With ``after``, only jobs scheduled later than that count.  Waiting jobs
-        take one seek per queue in their index (the paused check comes first, or
-        a paused queue's waiting rows would all be read); ready jobs are few
-        when a worker is idle.
+        With ``after``, only jobs scheduled later than that count; paused
+        queues are left out.  Ready jobs are few when a worker is idle.
         """
         if not queues:
             return None
         # Named parameters (q0, q1, ...; ``after``): each queue name is used twice.
         params: dict[str, Any] = {f"q{n}": name for n, name in enumerate(queues)}
-        marks = ",".join(f":q{n}" for n in range(len(queues)))
-        later = ""
         if after is not None:
-            later = " AND scheduled_at > :after"
             params["after"] = after
-        waiting = "".join(
-            f" UNION ALL SELECT (SELECT min(scheduled_at) FROM minijobs_jobs WHERE waiting=1 AND queue=:q{n}{later}) "
-            f"WHERE NOT EXISTS (SELECT 1 FROM minijobs_queues WHERE name=:q{n} AND paused=1)"
-            for n in range(len(queues))
-        )
         with self._read("next due time") as conn:
-            row = conn.execute(
-                f"SELECT min(t) FROM (SELECT min(scheduled_at) AS t FROM minijobs_jobs "
-                f"WHERE {_RUNNABLE} AND waiting=0 AND queue IN ({marks}){later} "
-                f"AND queue NOT IN (SELECT name FROM minijobs_queues WHERE paused=1){waiting})",
-                params,
-            ).fetchone()
+            row = conn.execute(sql.next_due(len(queues), after=after is not None), params).fetchone()
         return None if row is None else row[0]
 
     def first_suspect(self, queue: str, *, now: float) -> int | None:
@@ -999,9 +751,7 @@ class SQLiteStore:
         busy worker uses this to tell that wait from work it simply missed.
         """
         with self._read("first due job") as conn:
-            row = conn.execute(
-                f"SELECT id, rescues FROM minijobs_jobs WHERE id = ({_FIRST_DUE})", {"queue": queue, "now": now}
-            ).fetchone()
+            row = conn.execute(sql.FIRST_DUE_WITH_RESCUES, {"queue": queue, "now": now}).fetchone()
         return row[0] if row is not None and row[1] > 0 else None
 
     # -- user operations on one job ----------------------------------------
@@ -1009,54 +759,46 @@ class SQLiteStore:
     def cancel(self, job_id: int, *, now: float) -> Job:
         """Cancel a job: pending ones at once, running ones by flagging them for their worker."""
         with self._write("cancel job") as conn:
-            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM minijobs_jobs WHERE id=?", (job_id,)).fetchone()
+            row = conn.execute(sql.GET_JOB, (job_id,)).fetchone()
             if row is None:
                 raise JobNotFoundError(f"no job with id {job_id}")
             state = row[4]
             if state in ("pending", "retrying"):
-                conn.execute(
-                    "UPDATE minijobs_jobs SET state='cancelled', completed_at=?, cancel_requested=1, waiting=0 "
-                    "WHERE id=?",
-                    (now, job_id),
-                )
+                conn.execute(sql.CANCEL_RUNNABLE, (now, job_id))
             elif state == "running":
-                conn.execute("UPDATE minijobs_jobs SET cancel_requested=1 WHERE id=?", (job_id,))
-            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM minijobs_jobs WHERE id=?", (job_id,)).fetchone()
+                conn.execute(sql.FLAG_CANCEL, (job_id,))
+            row = conn.execute(sql.GET_JOB, (job_id,)).fetchone()
         return _job_from_row(row)
 
     def retry(self, job_id: int, *, now: float) -> Job:
         """Run a finished job again now, granting one more attempt if it had used them all."""
         with self._write("retry job") as conn:
-            row = conn.execute("SELECT state FROM minijobs_jobs WHERE id=?", (job_id,)).fetchone()
+            row = conn.execute(sql.JOB_STATE, (job_id,)).fetchone()
             if row is None:
                 raise JobNotFoundError(f"no job with id {job_id}")
             if row[0] not in ("succeeded", "failed", "cancelled"):
                 raise InvalidStateError(f"job {job_id} is {row[0]}; only finished jobs can be retried")
             try:
-                conn.execute(
-                    "UPDATE minijobs_jobs SET state='pending', scheduled_at=?, completed_at=NULL, cancel_requested=0, "
-                    "max_attempts=max(max_attempts, attempts + 1), waiting=0 WHERE id=?",
-                    (now, job_id),
-                )
+                conn.execute(sql.RETRY, (now, job_id))
             except sqlite3.IntegrityError:
                 raise InvalidStateError(
                     f"job {job_id} cannot be retried: another live job holds its unique key"
                 ) from None
-            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM minijobs_jobs WHERE id=?", (job_id,)).fetchone()
+            row = conn.execute(sql.GET_JOB, (job_id,)).fetchone()
         return _job_from_row(row)
 
     # -- reads -------------------------------------------------------------
 
     def get(self, job_id: int) -> Job:
         with self._read("get job") as conn:
-            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM minijobs_jobs WHERE id=?", (job_id,)).fetchone()
+            row = conn.execute(sql.GET_JOB, (job_id,)).fetchone()
         if row is None:
             raise JobNotFoundError(f"no job with id {job_id}")
         return _job_from_row(row)
 
     def state_of(self, job_id: int) -> JobState:
         with self._read("get job state") as conn:
-            row = conn.execute("SELECT state FROM minijobs_jobs WHERE id=?", (job_id,)).fetchone()
+            row = conn.execute(sql.JOB_STATE, (job_id,)).fetchone()
         if row is None:
             raise JobNotFoundError(f"no job with id {job_id}")
         return JobState(row[0])
@@ -1071,23 +813,14 @@ class SQLiteStore:
         offset: int = 0,
     ) -> list[Job]:
         """Jobs matching the filters, newest first."""
-        where: list[str] = []
-        params: list[Any] = []
-        if states:
-            where.append(f"state IN ({','.join('?' * len(states))})")
-            params.extend(states)
+        params: list[Any] = list(states or ())
         if queue is not None:
-            where.append("queue = ?")
             params.append(queue)
         if name is not None:
-            where.append("name = ?")
             params.append(name)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        statement = sql.list_jobs(state_count=len(states or ()), by_queue=queue is not None, by_name=name is not None)
         with self._read("list jobs") as conn:
-            rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM minijobs_jobs {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-                (*params, limit, offset),
-            ).fetchall()
+            rows = conn.execute(statement, (*params, limit, offset)).fetchall()
         times: dict[float, datetime] = {}
         jobs: list[Job] = []
         for row in rows:
@@ -1099,13 +832,11 @@ class SQLiteStore:
         return jobs
 
     def count_by_state(self, *, queue: str | None = None) -> dict[JobState, int]:
-        sql = "SELECT state, count(*) FROM minijobs_jobs"
-        params: tuple[Any, ...] = ()
-        if queue is not None:
-            sql += " WHERE queue=?"
-            params = (queue,)
         with self._read("count jobs") as conn:
-            rows = conn.execute(sql + " GROUP BY state", params).fetchall()
+            if queue is None:
+                rows = conn.execute(sql.COUNT_BY_STATE).fetchall()
+            else:
+                rows = conn.execute(sql.COUNT_BY_STATE_IN_QUEUE, (queue,)).fetchall()
         counts = {state: 0 for state in JobState}
         for state, n in rows:
             known = _known_state(state, n)
@@ -1116,7 +847,7 @@ class SQLiteStore:
     def count_by_queue(self) -> dict[str, dict[JobState, int]]:
         """Job counts per queue and state, for every queue that has jobs (CLI ``queues list``)."""
         with self._read("count jobs by queue") as conn:
-            rows = conn.execute("SELECT queue, state, count(*) FROM minijobs_jobs GROUP BY queue, state").fetchall()
+            rows = conn.execute(sql.COUNT_BY_QUEUE).fetchall()
         out: dict[str, dict[JobState, int]] = {}
         for queue, state, n in rows:
             known = _known_state(state, n)
@@ -1127,16 +858,10 @@ class SQLiteStore:
     def finished_per_bucket(self, *, since: float, bucket_s: float) -> list[tuple[int, JobState, int]]:
         """Jobs that reached a terminal state since ``since``, as ``(bucket, state, count)``.
 
-        Bucket ``i`` covers ``[since + i * bucket_s, since + (i + 1) * bucket_s)``;
-        served by the ``completed_at`` index of finished jobs (CLI ``stats``).
+        Bucket ``i`` covers ``[since + i * bucket_s, since + (i + 1) * bucket_s)``.
         """
         with self._read("count finished jobs") as conn:
-            rows = conn.execute(
-                "SELECT CAST((completed_at - ?) / ? AS INTEGER) AS bucket, state, count(*) FROM minijobs_jobs "
-                "WHERE state IN ('succeeded', 'failed', 'cancelled') AND completed_at >= ? "
-                "GROUP BY bucket, state ORDER BY bucket",
-                (since, bucket_s, since),
-            ).fetchall()
+            rows = conn.execute(sql.FINISHED_PER_BUCKET, (since, bucket_s, since)).fetchall()
         return [
             (int(bucket), known, int(n)) for bucket, state, n in rows if (known := _known_state(state, n)) is not None
         ]
@@ -1144,70 +869,51 @@ class SQLiteStore:
     def oldest_due(self, *, now: float) -> float | None:
         """Earliest ``scheduled_at`` among runnable jobs already due (None if none waits): the queue lag."""
         with self._read("oldest due job") as conn:
-            row = conn.execute(
-                f"SELECT min(t) FROM (SELECT min(scheduled_at) AS t FROM minijobs_jobs "
-                f"WHERE {_RUNNABLE} AND waiting=0 AND scheduled_at <= :now "
-                "UNION ALL SELECT min(scheduled_at) FROM minijobs_jobs WHERE waiting=1 AND scheduled_at <= :now)",
-                {"now": now},
-            ).fetchone()
+            row = conn.execute(sql.OLDEST_DUE, {"now": now}).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     # -- queues ------------------------------------------------------------
 
     def set_paused(self, queue: str, paused: bool) -> None:
         with self._write("pause queue" if paused else "resume queue") as conn:
-            conn.execute(
-                "INSERT INTO minijobs_queues (name, paused) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET paused=excluded.paused",
-                (queue, int(paused)),
-            )
+            conn.execute(sql.SET_PAUSED, (queue, int(paused)))
 
     def paused_queues(self) -> set[str]:
         with self._read("list paused queues") as conn:
-            return {row[0] for row in conn.execute("SELECT name FROM minijobs_queues WHERE paused=1")}
+            return {row[0] for row in conn.execute(sql.PAUSED_QUEUES)}
 
     # -- maintenance (used by plugins) -------------------------------------
 
-    def recover_expired(self, *, now: float, max_rescues: int, limit: int = 500) -> tuple[list[int], list[int]]:
+    def recover_expired(
+        self, *, now: float, max_rescues: int, limit: int = 500, spare_owner: str | None = None
+    ) -> tuple[list[int], list[int]]:
         """Return jobs whose lease expired to their queue; fail those rescued too often.
 
         Returns ``(requeued_ids, poisoned_ids)``.  The attempt that was cut off
         stays counted; a job that keeps killing its worker fails once it has
         been rescued more than ``max_rescues`` times instead of looping forever.
+        Jobs leased to ``spare_owner`` are left alone: that worker is alive
+        (it is asking), and its heartbeat renews them once it can write again.
         """
         with self._write("recover expired leases") as conn:
-            rows = conn.execute(
-                "SELECT id, rescues, attempts FROM minijobs_jobs WHERE state='running' AND lease_expires_at < ? "
-                "ORDER BY lease_expires_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
+            rows = conn.execute(sql.EXPIRED_LEASES, (now, limit)).fetchall()
             requeued: list[int] = []
             poisoned: list[int] = []
-            for job_id, rescues, attempts in rows:
+            for job_id, rescues, attempts, owner in rows:
+                if spare_owner is not None and owner == spare_owner:
+                    continue
                 if rescues + 1 > max_rescues:
-                    error = json.dumps(
-                        {
-                            "attempt": attempts,
-                            "type": "minijobs.PoisonJobError",
-                            "message": f"worker lost {rescues + 1} times while running this job; giving up",
-                            "traceback": "",
-                            "at": now,
-                        }
-                    )
-                    conn.execute(
-                        "UPDATE minijobs_jobs SET state='failed', completed_at=?, rescues=rescues+1, "
-                        "errors=json_insert(errors, '$[#]', json(?)), lease_owner=NULL, lease_expires_at=NULL "
-                        "WHERE id=?",
-                        (now, error, job_id),
-                    )
+                    error = encode_attempt_error(AttemptError(
+                        attempt=attempts,
+                        type="minijobs.PoisonJobError",
+                        message=f"worker lost {rescues + 1} times while running this job; giving up",
+                        traceback="",
+                        at=datetime.fromtimestamp(now, UTC),
+                    ))
+                    conn.execute(sql.POISON, (now, error, job_id))
                     poisoned.append(job_id)
                 else:
-                    conn.execute(
-                        "UPDATE minijobs_jobs SET state='retrying', scheduled_at=?, rescues=rescues+1, "
-                        "max_attempts=max(max_attempts, attempts + 1), lease_owner=NULL, lease_expires_at=NULL "
-                        "WHERE id=?",
-                        (now, job_id),
-                    )
+                    conn.execute(sql.RESCUE, (now, job_id))
                     requeued.append(job_id)
         return requeued, poisoned
 
@@ -1230,45 +936,81 @@ class SQLiteStore:
         terminal = [s for s in states if s in ("succeeded", "failed", "cancelled")]
         if not terminal:
             return 0
-        marks = ",".join("?" * len(terminal))
-        sql = (
-            "DELETE FROM minijobs_jobs WHERE id IN (SELECT id FROM minijobs_jobs WHERE "
-            f"state IN ('succeeded', 'failed', 'cancelled') AND completed_at < ? AND state IN ({marks}) "
-            "AND id < (SELECT max(id) FROM minijobs_jobs)"
-        )
         params: list[Any] = [before, *terminal]
         if queue is not None:
-            sql += " AND queue = ?"
             params.append(queue)
-        if exclude_queues:
-            sql += f" AND queue NOT IN ({','.join('?' * len(exclude_queues))})"
-            params.extend(exclude_queues)
-        sql += " LIMIT ?)"
+        params.extend(exclude_queues)
         params.append(limit)
+        statement = sql.prune(state_count=len(terminal), by_queue=queue is not None, excluded_count=len(exclude_queues))
         with self._write("prune jobs") as conn:
-            return conn.execute(sql, params).rowcount
+            return conn.execute(statement, params).rowcount
 
-    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
+    # -- leadership --------------------------------------------------------
+
+    def acquire_leadership(self, plugin: str, *, owner: str, now: float, lease_s: float) -> int | None:
+        with self._write("acquire leadership") as conn:
+            row = conn.execute(
+                sql.ACQUIRE_LEADERSHIP, {"name": plugin, "owner": owner, "now": now, "expires": now + lease_s}
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def resign_leadership(self, plugin: str, *, owner: str, term: int, now: float) -> bool:
+        with self._write("resign leadership") as conn:
+            params = {"name": plugin, "owner": owner, "term": term, "now": now}
+            return conn.execute(sql.RESIGN_LEADERSHIP, params).rowcount == 1
+
+    def leadership_leases(self) -> list[LeaseRecord]:
+        with self._read("read leadership") as conn:
+            rows = conn.execute(sql.LEADERSHIP_LEASES).fetchall()
+        return [LeaseRecord(name, owner, int(term), acquired, renewed, expires)
+                for name, owner, term, acquired, renewed, expires in rows]
+
+    # -- cron slots --------------------------------------------------------
+
+    def cron_last_slots(self) -> dict[str, int]:
+        with self._read("read cron slots") as conn:
+            return {name: int(slot) for name, slot in conn.execute(sql.CRON_LAST_SLOTS)}
+
+    def record_cron_slot(self, schedule: str, slot: int, *, kind: SlotKind, now: float) -> bool:
+        with self._write("record cron slot") as conn:
+            return conn.execute(sql.CRON_RECORD_SLOT, (schedule, slot, kind, now)).rowcount == 1
+
+    def enqueue_cron_slot(
+        self, schedule: str, slot: int, rows: Sequence[NewJob | PayloadRun], *, now: float
+    ) -> list[tuple[int, bool]]:
+        with self._write("enqueue cron slot") as conn:
+            if conn.execute(sql.CRON_RECORD_SLOT, (schedule, slot, "enqueued", now)).rowcount != 1:
+                return []
+            return self._insert_rows(conn, rows)
+
+    def prune_cron_slots(self, *, before: int) -> int:
+        with self._write("clean cron slots") as conn:
+            return conn.execute(sql.CRON_PRUNE_SLOTS, (before,)).rowcount
+
+    # -- file checks -------------------------------------------------------
+
+    def checkpoint(self, mode: CheckpointMode = "PASSIVE") -> tuple[int, int, int]:
         """Run a WAL checkpoint; returns SQLite's ``(busy, wal_pages, checkpointed_pages)``."""
-        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+        statement = sql.CHECKPOINT.get(mode)
+        if statement is None:
             raise ValueError(f"unknown checkpoint mode {mode!r}")
         with self._read("checkpoint") as conn:
-            row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            row = conn.execute(statement).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
 
     def integrity_check(self) -> list[str]:
         with self._read("integrity check") as conn:
-            return [row[0] for row in conn.execute("PRAGMA integrity_check")]
+            return [row[0] for row in conn.execute(sql.CHECK_PRAGMAS["full"])]
 
     def check_integrity(self, mode: IntegrityCheck = "quick") -> None:
         """Read the whole file; raise :class:`CorruptDatabaseError` saying what SQLite found if it is damaged."""
-        if mode not in _CHECK_PRAGMAS:
+        if mode not in sql.CHECK_PRAGMAS:
             raise ValueError(f"integrity check must be 'quick' or 'full', got {mode!r}")
         with self._lock:
             self._check(self._conn, mode)
 
     def _check(self, conn: sqlite3.Connection, mode: IntegrityCheck) -> None:
-        pragma = _CHECK_PRAGMAS[mode]
+        pragma = sql.CHECK_PRAGMAS[mode].removeprefix("PRAGMA ")
         started = time.perf_counter()
         try:
             findings = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}")]
@@ -1289,7 +1031,7 @@ class SQLiteStore:
         logger.debug("%s: PRAGMA %s ok in %.1f ms", self.path, pragma, (time.perf_counter() - started) * 1000)
 
 
-class ChangeWatcher:
+class DataVersionWatcher:
     """Detects commits made by other connections through ``PRAGMA data_version``.
 
     The pragma is answered from the connection's own memory (no disk read, no
@@ -1302,7 +1044,7 @@ class ChangeWatcher:
         self._last = self._version()
 
     def _version(self) -> int:
-        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        return int(self._conn.execute(sql.DATA_VERSION).fetchone()[0])
 
     def changed(self) -> bool:
         try:
@@ -1349,7 +1091,7 @@ def _close_connection(conn: sqlite3.Connection, lock: threading.RLock | None) ->
 
 def _max_id(conn: sqlite3.Connection) -> int:
     """The highest job id (0 for an empty table): one seek to the end of the rowid b-tree."""
-    row = conn.execute("SELECT max(id) FROM minijobs_jobs").fetchone()
+    row = conn.execute(sql.MAX_ID).fetchone()
     return 0 if row[0] is None else int(row[0])
 
 
@@ -1384,7 +1126,7 @@ def _bulk_insert(conn: sqlite3.Connection, rows: Sequence[NewJob | PayloadRun]) 
             size += len(row.payload) + 1
             j += 1
         if len(run) < _BULK_MIN_ROWS:
-            conn.executemany(_INSERT, run)
+            conn.executemany(sql.INSERT, run)
         else:
             joined = "[" + ",".join([row.payload for row in run]) + "]"
             _insert_json_run(conn, first, joined, len(run), run[0].payload, run[-1].payload)
@@ -1395,7 +1137,7 @@ def _insert_json_run(
     conn: sqlite3.Connection, template: NewJob, payloads: str, count: int, first: str, last: str
 ) -> int:
     """Insert ``count`` jobs like ``template`` with the payloads of a JSON array; return the last id."""
-    cur = conn.execute(_INSERT_FROM_JSON, (
+    cur = conn.execute(sql.INSERT_FROM_JSON, (
         template.name, template.queue, template.priority, template.max_attempts, template.timeout_s,
         template.scheduled_at, template.created_at, template.meta, template.waiting, payloads,
     ))
@@ -1403,9 +1145,7 @@ def _insert_json_run(
         raise StoreError(f"bulk enqueue wrote {cur.rowcount} rows for {count} jobs")
     # json_each yields elements in array order (so ids follow the input); check the ends.
     last_id: int = cur.lastrowid  # type: ignore[assignment]
-    ends = conn.execute(
-        "SELECT payload FROM minijobs_jobs WHERE id IN (?, ?) ORDER BY id", (last_id - count + 1, last_id)
-    ).fetchall()
+    ends = conn.execute(sql.PAYLOADS_AT, (last_id - count + 1, last_id)).fetchall()
     if ends[0][0] != first or ends[-1][0] != last:  # pragma: no cover
         raise StoreError("bulk enqueue: SQLite did not keep the order of the jobs")
     return last_id
@@ -1420,96 +1160,6 @@ def _split_sql(script: str) -> list[str]:
     return [part.strip() for part in script.split(";") if part.strip()]
 
 
-# Parameters are plain ``?`` bound in NewJob's field order.  Numbered ones (``?7``) bound from a
-# sequence make Python 3.12+ warn, so a value used twice is passed twice instead.
-_INSERT = (
-    "INSERT INTO minijobs_jobs (name, queue, payload, state, priority, max_attempts, timeout_s, scheduled_at, "
-    "created_at, unique_key, meta, waiting) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_RETURNING = _INSERT + " RETURNING id"
-_INSERT_FROM_JSON = (
-    "INSERT INTO minijobs_jobs (name, queue, payload, state, priority, max_attempts, timeout_s, scheduled_at, "
-    "created_at, unique_key, meta, waiting) "
-    "SELECT ?, ?, value, 'pending', ?, ?, ?, ?, ?, NULL, ?, ? FROM json_each(?)"
-)
 #: Runs shorter than this use executemany; longer ones are split to stay far below SQLite's string limit.
 _BULK_MIN_ROWS = 8
 _BULK_MAX_CHARS = 32_000_000
-_INSERT_IF_FREE = _INSERT + " ON CONFLICT DO NOTHING"
-_INSERT_UNIQUE = _INSERT_IF_FREE + " RETURNING id"
-
-#: Whether a job of the queue is due but still waiting: one seek in the waiting index.
-_DUE_WAITING = "SELECT 1 FROM minijobs_jobs WHERE queue=:queue AND waiting=1 AND scheduled_at <= :now LIMIT 1"
-_PAUSED = "SELECT 1 FROM minijobs_queues WHERE name=:queue AND paused=1"
-#: A claim takes nothing from a paused queue, and nothing while a due job still waits, so that it
-#: is promoted and competes on priority.  Both are checked in LIMIT, where SQLite evaluates them
-#: once before the scan; in WHERE they would run on every row (a paused queue with a backlog
-#: cost a walk over all of it on every claim).
-_CLAIM_LIMIT = f"CASE WHEN EXISTS ({_PAUSED}) OR EXISTS ({_DUE_WAITING}) THEN 0 ELSE :limit END"
-_CLAIM_LIMIT_PROMOTED = f"CASE WHEN EXISTS ({_PAUSED}) THEN 0 ELSE :limit END"
-_PROMOTE = f"""
-UPDATE minijobs_jobs SET waiting=0
-WHERE id IN (
-    SELECT id FROM minijobs_jobs WHERE queue=:queue AND waiting=1 AND scheduled_at <= :now LIMIT {_PROMOTE_LIMIT}
-)
-"""
-
-#: The first due suspect of ``:queue`` in claim order, as ``(priority, -id)``: a row value that
-#: compares like the claim order, reversed.  Forced onto the suspects index: the runnable index
-#: also fits the query, and would scan the whole backlog of a queue without suspects.
-_FIRST_SUSPECT = f"""
-SELECT priority, -id FROM minijobs_jobs INDEXED BY minijobs_jobs_suspects
-WHERE queue=:queue AND rescues > 0 AND {_RUNNABLE} AND scheduled_at <= :now
-ORDER BY priority DESC, id LIMIT 1
-"""
-
-#: The first due job of ``:queue`` in claim order, suspect or not.
-_FIRST_DUE = f"""
-SELECT id FROM minijobs_jobs
-WHERE queue=:queue AND {_RUNNABLE} AND waiting=0 AND scheduled_at <= :now
-ORDER BY priority DESC, id LIMIT 1
-"""
-
-# A suspect (rescues > 0: it was running when a worker died, and may be what killed it) runs
-# alone.  The claim takes the due jobs before the first suspect, in claim order; the suspect
-# itself only when it comes first and the caller's executor is ``:idle``, and then alone (every
-# other candidate comes after it).  Both subqueries are uncorrelated, so SQLite runs each at
-# most once per claim; without suspects the first finds an empty index and ``coalesce`` lets
-# every row through without evaluating the second.
-_CLAIM = f"""
-UPDATE minijobs_jobs
-SET state='running', attempts=attempts+1, started_at=:now, lease_owner=:owner, lease_expires_at=:expires
-WHERE id IN (
-    SELECT id FROM minijobs_jobs
-    WHERE queue=:queue AND {_RUNNABLE} AND waiting=0 AND scheduled_at <= :now
-      AND (coalesce((priority, -id) > ({_FIRST_SUSPECT}), 1)
-           OR (:idle AND rescues > 0 AND id = ({_FIRST_DUE})))
-    ORDER BY priority DESC, id
-    LIMIT {_CLAIM_LIMIT}
-)
-RETURNING {_CLAIMED_COLUMNS}
-"""
-#: The claim right after a promotion: more due jobs may still wait (a promotion is bounded),
-#: and they must not hold back the ones just promoted.
-_CLAIM_PROMOTED = _CLAIM.replace(_CLAIM_LIMIT, _CLAIM_LIMIT_PROMOTED)
-
-_FINISH_PLAIN = """
-UPDATE minijobs_jobs
-SET state=?, result=?, completed_at=?, lease_owner=NULL, lease_expires_at=NULL
-WHERE id=? AND lease_owner=? AND attempts=? AND state='running'
-"""
-
-# A job sent back to its queue for later (retry backoff) is written waiting.  The attempt's start
-# stands in for now: only a zero delay can schedule it no later, and a due row flagged waiting
-# costs just its promotion.
-# Bound with the values used twice passed twice (see ``_INSERT``): state, result, error, error,
-# scheduled_at, completed_at, progress, state, scheduled_at, id, owner, attempt.
-_FINISH = """
-UPDATE minijobs_jobs
-SET state=?, result=?,
-    errors=CASE WHEN ? IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?)) END,
-    scheduled_at=COALESCE(?, scheduled_at), completed_at=?, progress=COALESCE(?, progress),
-    lease_owner=NULL, lease_expires_at=NULL,
-    waiting=(? IN ('pending', 'retrying') AND COALESCE(?, scheduled_at) > started_at)
-WHERE id=? AND lease_owner=? AND attempts=? AND state='running'
-"""
