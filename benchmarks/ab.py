@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .harness import ROOT, Progress, ceiling_label, fmt_value, machine_info, median, text_table
+from .harness import ROOT, Progress, ceiling_label, fmt_ratio, fmt_value, machine_info, median, text_table
 
 #: Options passed on to both sides as given (all exist since the suite's first version).
 _FORWARDED = (
@@ -145,7 +145,7 @@ def _rows(a: Side, b: Side) -> list[tuple[str, ...]]:
         frb = _med(fb.fractions) if fb else None
         ceiling = (fb.ceiling if fb else None) or (fa.ceiling if fa else None)
         rows.append((key[0], key[1], fmt_value(va, unit), fmt_value(vb, unit), ratio,
-                     "-" if fra is None else f"{fra:.2f}", "-" if frb is None else f"{frb:.2f}",
+                     "-" if fra is None else fmt_ratio(fra), "-" if frb is None else fmt_ratio(frb),
                      ceiling_label(ceiling) if ceiling else ""))
     return rows
 

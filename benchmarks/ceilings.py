@@ -120,7 +120,7 @@ def single_row_commits(path: Path, *, rows: int, synchronous: str = "NORMAL") ->
     conn = create(path, synchronous=synchronous)
     try:
         cur = conn.cursor()
-        for i in range(50):  # warm the statement cache and the file
+        for i in range(100):  # warm the statement cache and the file, as the enqueue benchmark does
             cur.execute(INSERT, _row(i, time.time()))
         t0 = time.perf_counter()
         for i in range(rows):

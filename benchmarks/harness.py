@@ -47,7 +47,8 @@ class Result:
     """One figure of the report: the median of ``samples`` (or a note why it was skipped).
 
     A throughput figure names the ``ceiling`` it is judged against; :func:`apply_ceilings`
-    sets its ``fraction`` of that ceiling as measured in the same run, and
+    sets its ``fraction`` of that ceiling as measured in the same run (next to each
+    sample where ``ceiling_samples`` has one per sample), and
     ``fraction_target`` is checked on that fraction, since absolute rates drift with the
     machine.  ``target`` is checked on the value itself (latency, idle cost, ratios).
     """
@@ -61,6 +62,8 @@ class Result:
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     ceiling: str | None = None
+    #: The ceiling measured right before each of ``samples`` (see ``Bench.paired``); may be empty.
+    ceiling_samples: list[float] = field(default_factory=list)
     fraction: float | None = None
     fraction_target: Target | None = None
 
@@ -80,9 +83,16 @@ class Result:
 
 
 def apply_ceilings(results: Sequence[Result]) -> None:
-    """Set each throughput figure's ``fraction`` of its ceiling, from the ceilings group of the same run."""
+    """Set each throughput figure's ``fraction`` of its ceiling.
+
+    The median of the ratios of each sample to the ceiling run paired with it, where every
+    sample has one; otherwise the figure over the ceilings group's median of the same run.
+    """
     measured = {r.extra.get("ceiling_key"): r.value for r in results if r.group == "ceilings" and r.value}
     for r in results:
+        if r.ceiling and r.samples and len(r.ceiling_samples) == len(r.samples) and all(r.ceiling_samples):
+            r.fraction = median([v / c for v, c in zip(r.samples, r.ceiling_samples, strict=True)])
+            continue
         base = measured.get(r.ceiling) if r.ceiling else None
         if base and r.value is not None:
             r.fraction = r.value / base
@@ -220,8 +230,13 @@ def _fmt_target(result: Result) -> str:
     if result.target is not None:
         parts.append(f"{result.target.op} {fmt_value(result.target.bound, result.unit)}")
     if result.fraction_target is not None:
-        parts.append(f"{result.fraction_target.op} {result.fraction_target.bound:.2f} of ceiling")
+        parts.append(f"{result.fraction_target.op} {fmt_ratio(result.fraction_target.bound)} of ceiling")
     return ", ".join(parts)
+
+
+def fmt_ratio(value: float) -> str:
+    """Two decimals, three below 0.1 (the process executor's fractions are a few hundredths)."""
+    return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.3f}"
 
 
 def ceiling_label(key: str | None) -> str:
@@ -232,7 +247,7 @@ def fmt_fraction(fraction: float | None, ceiling: str | None) -> str:
     """``0.87 of single-row commits``; ``-`` when there is no fraction."""
     if fraction is None:
         return "-" if ceiling else ""
-    return f"{fraction:.2f} of {ceiling_label(ceiling)}"
+    return f"{fmt_ratio(fraction)} of {ceiling_label(ceiling)}"
 
 
 def format_table(results: Sequence[Result]) -> str:
