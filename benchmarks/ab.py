@@ -144,8 +144,9 @@ def _rows(a: Side, b: Side) -> list[tuple[str, ...]]:
         fra = _med(fa.fractions) if fa else None
         frb = _med(fb.fractions) if fb else None
         ceiling = (fb.ceiling if fb else None) or (fa.ceiling if fa else None)
+        blank = "-" if ceiling else ""  # figures that are not judged against a ceiling show nothing
         rows.append((key[0], key[1], fmt_value(va, unit), fmt_value(vb, unit), ratio,
-                     "-" if fra is None else fmt_ratio(fra), "-" if frb is None else fmt_ratio(frb),
+                     blank if fra is None else fmt_ratio(fra), blank if frb is None else fmt_ratio(frb),
                      ceiling_label(ceiling) if ceiling else ""))
     return rows
 
