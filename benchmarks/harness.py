@@ -90,11 +90,10 @@ def apply_ceilings(results: Sequence[Result]) -> None:
     """
     measured = {r.extra.get("ceiling_key"): r.value for r in results if r.group == "ceilings" and r.value}
     for r in results:
+        base = measured.get(r.ceiling) if r.ceiling else None
         if r.ceiling and r.samples and len(r.ceiling_samples) == len(r.samples) and all(r.ceiling_samples):
             r.fraction = median([v / c for v, c in zip(r.samples, r.ceiling_samples, strict=True)])
-            continue
-        base = measured.get(r.ceiling) if r.ceiling else None
-        if base and r.value is not None:
+        elif base and r.value is not None:
             r.fraction = r.value / base
         for key in r.extra.get("compare", ()):  # secondary yardsticks go to the note only
             other = measured.get(key)
