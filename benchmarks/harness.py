@@ -250,11 +250,13 @@ def fmt_fraction(fraction: float | None, ceiling: str | None) -> str:
 
 
 def format_table(results: Sequence[Result]) -> str:
-    rows = [("benchmark", "figure", "value", "of ceiling", "target", "")]
+    rows: list[tuple[str, ...]] = [("benchmark", "figure", "value", "of ceiling", "target", "")]
     for r in results:
         mark = {True: "PASS", False: "FAIL", None: ""}[r.ok]
         value = fmt_value(r.value, r.unit) if r.value is not None else "skipped"
         rows.append((r.group, r.name, value, fmt_fraction(r.fraction, r.ceiling), _fmt_target(r), mark))
+    if not any(r.ceiling for r in results):  # no throughput figure: no "of ceiling" column
+        rows = [row[:3] + row[4:] for row in rows]
     return "\n".join(text_table(rows, right=(2,)) + _notes(results))
 
 
