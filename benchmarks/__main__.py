@@ -2,7 +2,8 @@
 
 Progress goes to stderr, the table to stdout; ``--json PATH`` also writes
 every sample.  The exit status is 0 unless a benchmark crashed, or ``--check``
-was given and a figure missed its target.
+was given and a figure missed its target.  ``--ab REV`` compares another
+revision with this tree instead (:mod:`benchmarks.ab`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cases import SCALE_SIZES, Bench, Settings, parse_json_arg
-from .harness import Progress, Result, format_markdown, format_table, machine_info, write_json
+from .harness import Progress, Result, apply_ceilings, format_markdown, format_table, machine_info, write_json
 
-GROUPS = ("startup", "enqueue", "drain", "latency", "scale", "idle", "workload")
+GROUPS = ("ceilings", "startup", "enqueue", "drain", "latency", "scale", "idle", "workload")
+#: Groups whose figures are fractions of a ceiling: whenever one runs, the ceilings run first.
+THROUGHPUT_GROUPS = frozenset({"enqueue", "drain", "scale", "workload"})
 EXECUTORS = ("async", "thread", "process")
 
 
@@ -57,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--check", action="store_true", help="exit 1 if any figure misses its target")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--ab", metavar="REV", default=None,
+                        help="compare git revision REV (A) with this tree (B): alternating runs in subprocesses")
+    parser.add_argument("--rounds", type=int, default=3, help="with --ab: runs of each side (default 3)")
     return parser
 
 
@@ -86,15 +92,27 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return s
 
 
+def select_groups(only: Sequence[str] | None, *, workload: bool) -> list[str]:
+    """The groups to run in suite order, the ceilings first whenever a throughput group runs."""
+    if only is not None:
+        chosen = set(only)
+    elif workload:
+        chosen = {"workload"}  # timing your own function: skip the built-in suite unless asked with --only
+    else:
+        chosen = set(GROUPS) - {"workload"}
+    if chosen & THROUGHPUT_GROUPS:
+        chosen.add("ceilings")
+    return [g for g in GROUPS if g in chosen]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     settings = settings_from(args)
-    if args.only is not None:
-        groups = args.only
-    elif settings.workload is not None:
-        groups = ["workload"]  # timing your own function: skip the built-in suite unless asked with --only
-    else:
-        groups = [g for g in GROUPS if g != "workload"]
+    groups = select_groups(args.only, workload=settings.workload is not None)
+    if args.ab is not None:
+        from .ab import run_ab  # only here: the A/B driver runs the suite in subprocesses
+
+        return run_ab(args, groups)
     if "workload" in groups and settings.workload is None:
         raise SystemExit("--only workload needs --workload MODULE:FUNCTION")
     # Warnings from the worker (e.g. a crashing workload) should be seen, not swallowed.
@@ -119,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress("%s FAILED: %s: %s", group, type(exc).__name__, exc)
                 logging.getLogger("benchmarks").exception("benchmark group %s crashed", group)
                 results.append(Result(group, "(crashed)", "", note=f"{type(exc).__name__}: {exc}"))
+    apply_ceilings(results)
     progress("done in %.0f s (load average now %s)", time.monotonic() - t0, machine_info()["load_average"])
     print(format_markdown(results) if args.markdown else format_table(results))
     if args.json:

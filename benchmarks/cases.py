@@ -26,13 +26,31 @@ from typing import Any
 
 import minijobs
 
-from . import jobs
-from .harness import ROOT, Progress, Result, Target, child_env, median, percentile, run_child
+from . import ceilings, jobs
+from .harness import CEILINGS, ROOT, Progress, Result, Target, child_env, median, percentile, run_child
 
-# Targets on the reference 2-core machine (see benchmarks/README.md).
-T_ENQUEUE = Target(">=", 30_000)
-T_ENQUEUE_MANY = Target(">=", 200_000)
-T_DRAIN = {"async": Target(">=", 50_000), "thread": Target(">=", 15_000)}
+# Throughput targets are fractions of a ceiling measured in the same run (benchmarks/ceilings.py),
+# next to each sample: absolute rates drift ~2x from day to day on shared machines, the ratio much
+# less.  The first three are goals.  The others are what the code got when they were set (commit
+# 0a2b3e9, the median of four runs of three repeats, less ~10% for noise), so that --check says whether a
+# figure got worse.  The 1m backlog has none: the scale ratio judges it against the 10k one.
+FRACTION_TARGETS: dict[tuple[str, str], float] = {
+    ("enqueue", "one call at a time"): 0.85,
+    ("drain", "async executor, running worker"): 0.30,
+    ("drain", "thread executor, running worker"): 0.15,
+    # today's figures, less ~10%
+    ("enqueue", "one call at a time, durability=full"): 0.74,
+    ("enqueue", "enqueue_many"): 0.78,
+    ("drain", "async executor, app.drain()"): 0.38,
+    ("drain", "thread executor, app.drain()"): 0.22,
+    ("drain", "process executor, running worker"): 0.024,
+    ("drain", "process executor, app.drain()"): 0.025,
+    ("scale", "drain rate, 10k pending"): 0.39,
+    ("scale", "drain rate, 100k pending"): 0.37,
+    ("scale", "drain rate, 10k delayed jobs ahead"): 0.39,
+    ("scale", "drain rate, 100k delayed jobs ahead"): 0.36,
+}
+# Latency, idle cost, start-up and scale ratios are not throughput: absolute targets.
 T_LAT_P50 = Target("<=", 0.5)
 T_LAT_P99 = Target("<=", 2.0)
 T_LAT_XPROC_P50 = Target("<=", 10.0)
@@ -43,6 +61,8 @@ T_IMPORT_MS = Target("<=", 40.0)
 T_CLI_LIST_MS = Target("<=", 120.0)
 
 SCALE_SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
+_CEILING_UNITS = {"commits": "rows/s", "commits_full": "rows/s", "bulk_insert": "rows/s", "claim_complete": "rows/s",
+                  "asyncio_tasks": "tasks/s", "thread_pool": "calls/s"}
 
 
 @dataclass(slots=True)
@@ -50,6 +70,7 @@ class Settings:
     repeat: int = 3
     quick: bool = False
     enqueue_jobs: int = 20_000
+    full_jobs: int = 2_000
     many_jobs: int = 100_000
     many_batch: int = 10_000
     drain_jobs: int = 20_000
@@ -65,12 +86,19 @@ class Settings:
     workload_executor: str = "async"
     workload_jobs: int = 2_000
     startup_runs: int = 21
+    ceiling_commits: int = 20_000
+    ceiling_bulk: int = 30_000
+    ceiling_claim: int = 20_000
+    ceiling_tasks: int = 50_000
+    ceiling_calls: int = 10_000
 
     @classmethod
     def quick_run(cls) -> Settings:
         return cls(
-            repeat=1, quick=True, enqueue_jobs=2_000, many_jobs=20_000, many_batch=5_000, drain_jobs=3_000,
+            repeat=1, quick=True, enqueue_jobs=2_000, full_jobs=300, many_jobs=20_000, many_batch=5_000, drain_jobs=3_000,
             latency_samples=40, scale=["10k"], scale_sample=2_000, idle_s=2.0, workload_jobs=300, startup_runs=5,
+            ceiling_commits=3_000, ceiling_bulk=20_000, ceiling_claim=5_000,
+            ceiling_tasks=20_000, ceiling_calls=3_000,
         )
 
 
@@ -91,6 +119,86 @@ class Bench:
         app = jobs.build_app(self.db(label), executor=executor, concurrency=self.s.concurrency, **options)
         app.open()
         return app
+
+    # -- ceilings -----------------------------------------------------------------
+
+    def ceilings(self) -> list[Result]:
+        """Raw SQLite, asyncio and thread-pool rates with no minijobs code: the yardsticks of this run.
+
+        Runs first whenever a throughput group runs.  Its figures are the ceilings the table
+        shows; the fractions of the throughput figures come from ceiling runs paired with each
+        of their own runs (:meth:`paired`), and from these only where a figure has no pairs.
+        Repeats interleave the ceilings so that a slow moment of the machine does not fall on
+        one of them only.
+        """
+        s = self.s
+        notes = {
+            "commits": f"{s.ceiling_commits:,} x one INSERT per autocommit statement; jobs-table schema, WAL, "
+                       "synchronous=NORMAL",
+            "commits_full": f"{s.full_jobs:,} x the same with synchronous=FULL (an fsync per commit; as many as "
+                            "the durability=full enqueue run, so the WAL is in the same phase)",
+            "bulk_insert": f"{s.ceiling_bulk:,} rows, executemany of {s.many_batch:,} per transaction, rows built "
+                           "in the timed loop",
+            "claim_complete": f"{s.ceiling_claim:,} pending rows; per transaction: a claim UPDATE ... RETURNING of "
+                              "100 by priority, id and 100 fenced finishes (executemany)",
+            "asyncio_tasks": f"{s.ceiling_tasks:,} no-op tasks created 100 at a time, each awaited",
+            "thread_pool": f"{s.ceiling_calls:,} submit+result of a no-op, 32 in flight on a 32-thread pool "
+                           "(the thread executor's default)",
+        }
+        results = {key: Result("ceilings", CEILINGS[key][0], unit, note=notes[key], extra={"ceiling_key": key})
+                   for key, unit in _CEILING_UNITS.items()}
+        for rep in range(s.repeat):
+            for key, result in results.items():
+                rate = self._ceiling(key)
+                result.samples.append(rate)
+                self.progress("ceiling %s, run %d/%d: %s %s", key, rep + 1, s.repeat, f"{rate:,.0f}", result.unit)
+        return [_finish(r) for r in results.values()]
+
+    def _ceiling(self, key: str) -> float:
+        """One run of ceiling ``key`` on a fresh file, deleted afterwards."""
+        s = self.s
+        path = self.db(f"ceiling-{key}")
+        try:
+            if key == "commits":
+                return ceilings.single_row_commits(path, rows=s.ceiling_commits)
+            if key == "commits_full":
+                return ceilings.single_row_commits(path, rows=s.full_jobs, synchronous="FULL")
+            if key == "bulk_insert":
+                return ceilings.batched_insert(path, rows=s.ceiling_bulk, batch=s.many_batch)
+            if key == "claim_complete":
+                return ceilings.claim_complete(path, rows=s.ceiling_claim, batch=100)
+            if key == "asyncio_tasks":
+                return ceilings.asyncio_tasks(tasks=s.ceiling_tasks, batch=100)
+            if key == "thread_pool":
+                return ceilings.thread_pool(calls=s.ceiling_calls, threads=32, in_flight=32)
+            raise ValueError(f"unknown ceiling {key!r}")
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+    def throughput(self, group: str, name: str, ceiling: str, *, note: str = "") -> Result:
+        """A jobs/s figure judged as a fraction of ``ceiling``, with its target from FRACTION_TARGETS.
+
+        A ``--quick`` run shows the fraction but judges none: its small runs are dominated by
+        start-up (a process pool, a worker subprocess), which the targets were not set for.
+        """
+        bound = None if self.s.quick else FRACTION_TARGETS.get((group, name))
+        return Result(group, name, "jobs/s", note=note, ceiling=ceiling,
+                      fraction_target=Target(">=", bound) if bound is not None else None)
+
+    def paired(self, *results: Result) -> None:
+        """Run the ceiling of ``results`` once, right before their next run, and record it with them.
+
+        The machine drifts within a run too (another process starts, the disk flushes), and
+        a ceiling measured a minute earlier would turn that into a wrong fraction: each run of
+        a throughput figure is divided by the ceiling measured next to it, and the figure's
+        fraction is the median of those ratios (:func:`benchmarks.harness.apply_ceilings`).
+        """
+        key = results[0].ceiling
+        assert key is not None and all(r.ceiling == key for r in results)
+        rate = self._ceiling(key)
+        for r in results:
+            r.ceiling_samples.append(rate)
 
     # -- start-up ----------------------------------------------------------------
 
@@ -141,25 +249,30 @@ class Bench:
 
     def enqueue(self) -> list[Result]:
         s = self.s
-        single = Result("enqueue", "one call at a time", "jobs/s", target=T_ENQUEUE,
-                        note=f"{s.enqueue_jobs:,} x fn.enqueue(i), durability=normal")
-        full = Result("enqueue", "one call at a time, durability=full", "jobs/s",
-                      note=f"{s.enqueue_jobs:,} x fn.enqueue(i)")
-        many = Result("enqueue", "enqueue_many", "jobs/s", target=T_ENQUEUE_MANY,
-                      note=f"{s.many_jobs:,} jobs in calls of {s.many_batch:,} prepare()d requests")
+        single = self.throughput("enqueue", "one call at a time", "commits",
+                                 note=f"{s.enqueue_jobs:,} x fn.enqueue(i), durability=normal")
+        full = self.throughput("enqueue", "one call at a time, durability=full", "commits_full",
+                               note=f"{s.full_jobs:,} x fn.enqueue(i); an fsync per commit, so fewer calls")
+        # enqueue_many against batched executemany inserts: the same rows per transaction.  minijobs
+        # inserts a run of jobs with one INSERT ... SELECT FROM json_each, which can beat it (> 1).
+        many = self.throughput("enqueue", "enqueue_many", "bulk_insert",
+                               note=f"{s.many_jobs:,} jobs in calls of {s.many_batch:,} prepare()d requests "
+                                    "(preparing included)")
         for rep in range(s.repeat):
             for result, durability in ((single, "normal"), (full, "full")):
+                self.paired(result)
                 with _closing(self.app("enqueue", durability=durability)) as app:
                     fn = app.registry[jobs.NOOP]
                     for i in range(100):  # warm the statement cache and the file
                         fn.enqueue(i)
-                    n = s.enqueue_jobs
+                    n = s.enqueue_jobs if durability == "normal" else s.full_jobs
                     t0 = time.perf_counter()
                     for i in range(n):
                         fn.enqueue(i)
                     rate = n / (time.perf_counter() - t0)
                 result.samples.append(rate)
                 self.progress("enqueue %s, run %d/%d: %s jobs/s", result.name, rep + 1, s.repeat, f"{rate:,.0f}")
+            self.paired(many)
             with _closing(self.app("enqueue-many")) as app:
                 fn = app.registry[jobs.NOOP]
                 app.enqueue_many([fn.prepare(i) for i in range(100)])
@@ -187,10 +300,14 @@ class Bench:
         name = jobs.NOOP if kind == "async" else jobs.NOOP_SYNC
         # Process jobs cost a pipe round trip each: a tenth of the jobs keeps the default run short.
         n = max(1, s.drain_jobs // 10) if kind == "process" else s.drain_jobs
-        worker_result = Result("drain", f"{kind} executor, running worker", "jobs/s", target=T_DRAIN.get(kind),
-                               note=f"{n:,} pending no-op jobs, worker start to all succeeded")
-        burst_result = Result("drain", f"{kind} executor, app.drain()", "jobs/s",
-                              note=f"{n:,} pending no-op jobs, burst worker")
+        worker_result = self.throughput("drain", f"{kind} executor, running worker", "claim_complete",
+                                        note=f"{n:,} pending no-op jobs, worker start to all succeeded")
+        burst_result = self.throughput("drain", f"{kind} executor, app.drain()", "claim_complete",
+                                       note=f"{n:,} pending no-op jobs, burst worker")
+        # Also compared (in the note) with the raw cost of the executor's own machinery.
+        compare = {"async": "asyncio_tasks", "thread": "thread_pool"}.get(kind)
+        if compare:
+            worker_result.extra["compare"] = burst_result.extra["compare"] = [compare]
         try:
             jobs.executor_class(kind)
         except ImportError as exc:
@@ -199,6 +316,7 @@ class Bench:
             self.progress("drain %s: skipped (%s)", kind, exc)
             return [worker_result, burst_result]
         for rep in range(s.repeat):
+            self.paired(worker_result, burst_result)
             with _closing(self.app(f"drain-{kind}", executor=kind)) as app:
                 _fill(app, name, n)
                 elapsed, concurrency = asyncio.run(_run_until_finished(app, n))
@@ -327,14 +445,15 @@ class Bench:
             _insert_backlog(path, pending=size, finished=size)
             self.progress("scale %s: built %s pending + %s finished rows in %.1f s", label, f"{size:,}",
                           f"{size:,}", time.perf_counter() - t0)
-            rate = Result("scale", f"drain rate, {label} pending", "jobs/s",
-                          note=f"{min(s.scale_sample, size):,} jobs drained by a worker subprocess "
-                               f"(async executor) from {size:,} pending + {size:,} finished rows; "
-                               "rate from the 10% to the 100% mark")
+            rate = self.throughput("scale", f"drain rate, {label} pending", "claim_complete",
+                                   note=f"{min(s.scale_sample, size):,} jobs drained by a worker subprocess "
+                                        f"(async executor) from {size:,} pending + {size:,} finished rows; "
+                                        "rate from the 10% to the 100% mark")
             rss = Result("scale", f"worker RSS after draining, {label} pending", "MiB")
             growth = Result("scale", f"worker RSS growth while draining, {label} pending", "MiB")
             for rep in range(s.repeat):
                 _top_up(path, size)
+                self.paired(rate)
                 sample = min(s.scale_sample, size)
                 data = run_child(["scale-drain", "--db", str(path), "--count", str(sample)], timeout_s=600)
                 rate.samples.append(data["rate"])
@@ -368,10 +487,11 @@ class Bench:
         with _closing(jobs.build_app(path)) as app:
             app.open()
         _insert_backlog(path, pending=0, finished=0, delayed=size)
-        result = Result("scale", f"drain rate, {label} delayed jobs ahead", "jobs/s",
-                        note=f"{sample:,} due jobs with higher ids than {size:,} jobs scheduled an hour ahead")
+        result = self.throughput("scale", f"drain rate, {label} delayed jobs ahead", "claim_complete",
+                                 note=f"{sample:,} due jobs with higher ids than {size:,} jobs scheduled an hour ahead")
         for rep in range(s.repeat):
             _top_up(path, sample)
+            self.paired(result)
             data = run_child(["scale-drain", "--db", str(path), "--count", str(sample)], timeout_s=600)
             result.samples.append(data["rate"])
             self.progress("scale %s delayed ahead, run %d/%d: %s jobs/s", label, rep + 1, s.repeat,
@@ -421,8 +541,8 @@ class Bench:
         assert s.workload is not None
         func = jobs.load_workload(s.workload)
         label = f"{s.workload} ({s.workload_executor})"
-        throughput = Result("workload", f"{label} throughput", "jobs/s",
-                            note=f"{s.workload_jobs:,} pending jobs, worker start to all finished")
+        throughput = self.throughput("workload", f"{label} throughput", "claim_complete",
+                                     note=f"{s.workload_jobs:,} pending jobs, worker start to all finished")
         p50 = Result("workload", f"{label} enqueue-to-start p50", "ms",
                      note=f"{s.latency_samples} jobs one at a time, same process")
         p99 = Result("workload", f"{label} enqueue-to-start p99", "ms")

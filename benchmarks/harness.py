@@ -30,9 +30,28 @@ class Target:
         return value >= self.bound if self.op == ">=" else value <= self.bound
 
 
+#: Ceilings (see :mod:`benchmarks.ceilings`) by key: the figure name in the ``ceilings`` group and
+#: the short label the report prints after a fraction.
+CEILINGS: dict[str, tuple[str, str]] = {
+    "commits": ("single-row INSERT commits", "single-row commits"),
+    "commits_full": ("single-row INSERT commits, synchronous=FULL", "single-row commits, FULL"),
+    "bulk_insert": ("batched INSERT, executemany per transaction", "batched inserts"),
+    "claim_complete": ("claim+complete, 100 rows per transaction", "claim+complete 100/txn"),
+    "asyncio_tasks": ("bare asyncio task create+await", "asyncio tasks"),
+    "thread_pool": ("bare ThreadPoolExecutor submit+result, 32 threads", "thread pool calls"),
+}
+
+
 @dataclass(slots=True)
 class Result:
-    """One figure of the report: the median of ``samples`` (or a note why it was skipped)."""
+    """One figure of the report: the median of ``samples`` (or a note why it was skipped).
+
+    A throughput figure names the ``ceiling`` it is judged against; :func:`apply_ceilings`
+    sets its ``fraction`` of that ceiling as measured in the same run (next to each
+    sample where ``ceiling_samples`` has one per sample), and
+    ``fraction_target`` is checked on that fraction, since absolute rates drift with the
+    machine.  ``target`` is checked on the value itself (latency, idle cost, ratios).
+    """
 
     group: str
     name: str
@@ -42,17 +61,44 @@ class Result:
     target: Target | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    ceiling: str | None = None
+    #: The ceiling measured right before each of ``samples`` (see ``Bench.paired``); may be empty.
+    ceiling_samples: list[float] = field(default_factory=list)
+    fraction: float | None = None
+    fraction_target: Target | None = None
 
     @property
     def ok(self) -> bool | None:
-        if self.target is None or self.value is None:
-            return None
-        return self.target.check(self.value)
+        checks: list[bool] = []
+        if self.target is not None and self.value is not None:
+            checks.append(self.target.check(self.value))
+        if self.fraction_target is not None and self.fraction is not None:
+            checks.append(self.fraction_target.check(self.fraction))
+        return all(checks) if checks else None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["ok"] = self.ok
         return data
+
+
+def apply_ceilings(results: Sequence[Result]) -> None:
+    """Set each throughput figure's ``fraction`` of its ceiling.
+
+    The median of the ratios of each sample to the ceiling run paired with it, where every
+    sample has one; otherwise the figure over the ceilings group's median of the same run.
+    """
+    measured = {r.extra.get("ceiling_key"): r.value for r in results if r.group == "ceilings" and r.value}
+    for r in results:
+        base = measured.get(r.ceiling) if r.ceiling else None
+        if r.ceiling and r.samples and len(r.ceiling_samples) == len(r.samples) and all(r.ceiling_samples):
+            r.fraction = median([v / c for v, c in zip(r.samples, r.ceiling_samples, strict=True)])
+        elif base and r.value is not None:
+            r.fraction = r.value / base
+        for key in r.extra.get("compare", ()):  # secondary yardsticks go to the note only
+            other = measured.get(key)
+            if other and r.value is not None:
+                r.note += f"; {r.value / other:.2f} of {ceiling_label(key)}"
 
 
 def median(samples: Sequence[float]) -> float:
@@ -162,10 +208,10 @@ def machine_info() -> dict[str, Any]:
 # -- the report ------------------------------------------------------------
 
 
-def _fmt(value: float | None, unit: str) -> str:
+def fmt_value(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    if unit == "jobs/s":
+    if unit.endswith("/s"):
         return f"{value:,.0f} {unit}"
     if unit == "ms":
         return f"{value:.3f} ms" if value < 1 else f"{value:.2f} ms"
@@ -179,37 +225,65 @@ def _fmt(value: float | None, unit: str) -> str:
 
 
 def _fmt_target(result: Result) -> str:
-    if result.target is None:
-        return ""
-    return f"{result.target.op} {_fmt(result.target.bound, result.unit)}"
+    parts = []
+    if result.target is not None:
+        parts.append(f"{result.target.op} {fmt_value(result.target.bound, result.unit)}")
+    if result.fraction_target is not None:
+        parts.append(f"{result.fraction_target.op} {fmt_ratio(result.fraction_target.bound)} of ceiling")
+    return ", ".join(parts)
+
+
+def fmt_ratio(value: float) -> str:
+    """Two decimals, three below 0.1 (the process executor's fractions are a few hundredths)."""
+    return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.3f}"
+
+
+def ceiling_label(key: str | None) -> str:
+    return CEILINGS[key][1] if key in CEILINGS else str(key)
+
+
+def fmt_fraction(fraction: float | None, ceiling: str | None) -> str:
+    """``0.87 of single-row commits``; ``-`` when there is no fraction."""
+    if fraction is None:
+        return "-" if ceiling else ""
+    return f"{fmt_ratio(fraction)} of {ceiling_label(ceiling)}"
 
 
 def format_table(results: Sequence[Result]) -> str:
-    rows = [("benchmark", "figure", "value", "target", "")]
+    rows: list[tuple[str, ...]] = [("benchmark", "figure", "value", "of ceiling", "target", "")]
     for r in results:
         mark = {True: "PASS", False: "FAIL", None: ""}[r.ok]
-        value = _fmt(r.value, r.unit) if r.value is not None else "skipped"
-        rows.append((r.group, r.name, value, _fmt_target(r), mark))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        value = fmt_value(r.value, r.unit) if r.value is not None else "skipped"
+        rows.append((r.group, r.name, value, fmt_fraction(r.fraction, r.ceiling), _fmt_target(r), mark))
+    if not any(r.ceiling for r in results):  # no throughput figure: no "of ceiling" column
+        rows = [row[:3] + row[4:] for row in rows]
+    return "\n".join(text_table(rows, right=(2,)) + _notes(results))
+
+
+def text_table(rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()) -> list[str]:
+    """Aligned columns, a rule under the header row; columns in ``right`` are right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for i, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]) if i else row[2].ljust(widths[2]),
-                 row[3].ljust(widths[3]), row[4]]
+        cells = [cell.rjust(w) if i and j in right else cell.ljust(w) for j, (cell, w) in enumerate(zip(row, widths))]
         lines.append("  ".join(cells).rstrip())
         if i == 0:
-            lines.append("  ".join("-" * w for w in widths) + "  ----")
+            lines.append("  ".join("-" * max(w, 4) for w in widths).rstrip())
+    return lines
+
+
+def _notes(results: Sequence[Result]) -> list[str]:
     notes = [f"- {r.group} / {r.name}: {r.note}" for r in results if r.note]
-    if notes:
-        lines += ["", "notes:", *notes]
-    return "\n".join(lines)
+    return ["", "notes:", *notes] if notes else []
 
 
 def format_markdown(results: Sequence[Result]) -> str:
-    lines = ["| benchmark | figure | value | target | |", "|---|---|---:|---|---|"]
+    lines = ["| benchmark | figure | value | of ceiling | target | |", "|---|---|---:|---|---|---|"]
     for r in results:
         mark = {True: "pass", False: "**FAIL**", None: ""}[r.ok]
-        value = _fmt(r.value, r.unit) if r.value is not None else f"skipped: {r.note}"
-        lines.append(f"| {r.group} | {r.name} | {value} | {_fmt_target(r)} | {mark} |")
+        value = fmt_value(r.value, r.unit) if r.value is not None else f"skipped: {r.note}"
+        lines.append(f"| {r.group} | {r.name} | {value} | {fmt_fraction(r.fraction, r.ceiling)} | "
+                     f"{_fmt_target(r)} | {mark} |")
     return "\n".join(lines)
 
 
