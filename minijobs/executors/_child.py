@@ -32,6 +32,7 @@ from .. import payload
 from ..context import JobContext, reset_current, set_current
 from ..errors import public_module
 from ..job import Job, JobState, Progress
+from ..registry import JobFunction
 from .base import await_capturing, utf8_safe
 
 #: How often the child checks that its parent is still alive.
@@ -181,7 +182,6 @@ def _resolve(
     found = functions.get(name)
     if found is not None:
         return found
-    from ..app import JobFunction
     from ..errors import UnknownJobError
 
     failed = import_errors.get(module)
