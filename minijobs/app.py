@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import payload
@@ -21,7 +22,7 @@ from .clock import Clock, ObservableClock, SystemClock
 from .errors import ConfigurationError, JobNotFoundError, UnknownQueueError, WaitTimeoutError
 from .events import EventHub
 from .job import Job, JobState
-from .limits import INT64_MAX, INT64_MIN, MAX_TIMESTAMP, check_duration
+from .limits import INT32_MAX, INT64_MAX, INT64_MIN, MAX_TIMESTAMP, check_duration, check_int
 from .names import check_job_name, check_queue_name
 from .plugin import Plugin
 from .queue import Queue
@@ -446,6 +447,66 @@ class App:
         for worker in self._workers:
             worker.wake()
         self.events.emit("queue.resumed", queue=name)
+
+    # -- counts and statistics ---------------------------------------------------
+    # What dashboards and the CLI (``queues list``, ``stats``, ``migrate``) show; all read-only.
+
+    def counts(self, *, queue: str | None = None) -> dict[JobState, int]:
+        """How many jobs are in each state (every state a key, zero included), of ``queue`` if given."""
+        if queue is not None:
+            check_queue_name(queue)
+        return self.store.count_by_state(queue=queue)
+
+    def queue_counts(self) -> dict[str, dict[JobState, int]]:
+        """Job counts by state (every state a key) for each queue with jobs in the database, declared here or not."""
+        return self.store.count_by_queue()
+
+    def paused_queues(self) -> frozenset[str]:
+        """Names of the queues paused in the database (by any process, see :meth:`pause_queue`)."""
+        return frozenset(self.store.paused_queues())
+
+    def finished_counts(
+        self, *, since: datetime, interval_s: float = 60.0, intervals: int = 1
+    ) -> list[dict[JobState, int]]:
+        """Jobs that finished, by state, in each of ``intervals`` intervals from ``since``, oldest first.
+
+        Item ``i`` counts the jobs that finished (succeeded, failed or
+        cancelled: each a key, zero included) in ``[since + i * interval_s,
+        since + (i + 1) * interval_s)`` on the app's clock; the throughput of
+        the last five minutes is ``finished_counts(since=now - 5 min,
+        intervals=5)``.  Pruned jobs are not counted.
+        """
+        if not isinstance(since, datetime) or since.utcoffset() is None:
+            raise ConfigurationError(f"since must be a timezone-aware datetime, got {since!r}")
+        check_duration(interval_s, "interval_s")
+        check_int(intervals, "intervals", low=1, high=INT32_MAX)
+        counts = [{state: 0 for state in JobState if state.is_terminal} for _ in range(intervals)]
+        for bucket, state, n in self.store.finished_per_bucket(since=since.timestamp(), bucket_s=interval_s):
+            if 0 <= bucket < intervals:
+                counts[bucket][state] += n
+        return counts
+
+    def oldest_due_at(self) -> datetime | None:
+        """When the longest-waiting job that is due now became due; None if no due job waits.
+
+        Running jobs and jobs scheduled later do not count.  The time since
+        then is the queue lag: how far the workers are behind.
+        """
+        oldest = self.store.oldest_due(now=self.clock.now())
+        return None if oldest is None else datetime.fromtimestamp(oldest, UTC)
+
+    def schema_versions(self) -> dict[str, int]:
+        """Schema version of the core tables (``"minijobs"``) and of each configured plugin that has tables.
+
+        Opening the app brings them up to date, so on an open app these are
+        the versions this code knows.
+        """
+        store = self.store
+        versions = {"minijobs": store.schema_version("minijobs")}
+        for plugin in self.plugins:
+            if plugin.migrations:
+                versions[plugin.get_identifier()] = store.schema_version(plugin.get_identifier())
+        return versions
 
     # -- waiting ---------------------------------------------------------------
 
