@@ -740,7 +740,7 @@ def cmd_cron_list(s: Session) -> int:
 
 
 def cmd_prune(s: Session) -> int:
-    """Delete old finished jobs: by the app's Pruner retention rules, or by ``--older-than`` (one pass of :func:`prune`)."""
+    """Delete old finished jobs: by the app's Pruner retention rules, or by ``--older-than``; one :func:`prune` pass."""
     from .plugins import prune
 
     args = s.args

@@ -187,7 +187,8 @@ def test_per_enqueue_options_override_the_decorator(app: App) -> None:
     bound = fn.options(priority=7, queue="mail", max_attempts=4, timeout_s=2, meta={"who": "me"})
     refs = [bound.enqueue(1), *app.enqueue_many([bound.prepare(2)]), asyncio.run(bound.enqueue_async(3))]
     jobs = [ref.get() for ref in refs]
-    assert [(j.priority, j.queue, j.max_attempts, j.timeout_s, j.meta) for j in jobs] == [(7, "mail", 4, 2, {"who": "me"})] * 3
+    options = [(j.priority, j.queue, j.max_attempts, j.timeout_s, j.meta) for j in jobs]
+    assert options == [(7, "mail", 4, 2, {"who": "me"})] * 3
     assert [j.args for j in jobs] == [(1,), (2,), (3,)]
     plain_job = asyncio.run(fn.enqueue_async(4)).get()  # the decorator's settings are untouched
     assert (plain_job.priority, plain_job.queue, plain_job.max_attempts, plain_job.timeout_s) == (1, "default", 1, None)
