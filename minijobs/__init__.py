@@ -8,7 +8,7 @@ CLI call, pays for none of them (``import minijobs`` measured in benchmarks/).
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .app import App, BoundJob, EnqueueRequest, JobFunction, JobRef
+from .app import App
 from .backoff import Backoff
 from .clock import Clock, SystemClock
 from .context import JobContext, current_job
@@ -42,6 +42,7 @@ from .events import Event, EventHub
 from .job import AttemptError, Job, JobState, Progress
 from .plugin import Plugin, PluginScope
 from .queue import Queue
+from .registry import BoundJob, EnqueueRequest, JobFunction, JobRef
 
 __version__ = "0.1.0"
 

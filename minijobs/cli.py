@@ -626,8 +626,8 @@ def _all_jobs(app: App, **filters: Any) -> list[Job]:
 
 def cmd_queues_list(s: Session) -> int:
     app = s.app()
-    counts = app.store.count_by_queue()
-    paused = app.store.paused_queues()
+    counts = app.queue_counts()
+    paused = app.paused_queues()
     declared = {q.name: q for q in app.queues}
     names = list(declared) + sorted((set(counts) | paused) - set(declared))
     rows: list[dict[str, Any]] = []
@@ -680,7 +680,7 @@ def _check_queue_known(s: Session, name: str, verb: str) -> None:
         return
     has_jobs = bool(app.jobs(queue=name, limit=1))  # also checks the name
     if s.has_registry:
-        if not has_jobs and name not in app.store.paused_queues():
+        if not has_jobs and name not in app.paused_queues():
             raise CLIError(
                 f"queue {name!r} is not declared by this app (declared: {', '.join(declared)}) and has no jobs; "
                 f"declare it, or {verb} it with --db to record it anyway"
@@ -739,8 +739,8 @@ def cmd_cron_list(s: Session) -> int:
 
 
 def cmd_prune(s: Session) -> int:
-    """Delete old finished jobs: by the app's Pruner retention rules, or by ``--older-than``."""
-    from .plugins import Pruner
+    """Delete old finished jobs: by the app's Pruner retention rules, or by ``--older-than``; one :func:`prune` pass."""
+    from .plugins import prune
 
     args = s.args
     app = s.app()
@@ -748,36 +748,23 @@ def cmd_prune(s: Session) -> int:
     if args.older_than is None:
         if args.state or args.queue:
             raise CLIError("--state and --queue need --older-than (without it the app's retention rules apply)")
-        pruner = next((p for p in app.plugins if isinstance(p, Pruner)), None) or Pruner()
-        rules = [(now - r.keep_s, r.states, r.queue, r.exclude_queues) for r in pruner.rules()]
         described = "by the app's retention rules"
     else:
-        states = tuple(args.state or [st.value for st in JobState if st.is_terminal])
-        rules = [(now - args.older_than, states, args.queue, ())]
         described = f"finished before {_short_time(datetime.fromtimestamp(now - args.older_than, UTC))}"
     progress = TTYProgress(s.err, "pruned jobs")
-    total = 0
     try:
-        for before, states, queue, exclude in rules:
-            while True:
-                n = app.store.prune(before=before, states=states, queue=queue, exclude_queues=exclude, limit=args.batch)
-                total += n
-                progress.update(total)
-                if n < args.batch:
-                    break
+        report = prune(
+            app, older_than_s=args.older_than, states=args.state, queue=args.queue, batch_size=args.batch,
+            now=datetime.fromtimestamp(now, UTC), cleanup=not args.jobs_only, checkpoint=False,
+            raise_on_cleanup_error=True, progress=progress.update,
+        )
     finally:
         progress.close()
-    plugin_rows: dict[str, int] = {}
-    if not args.jobs_only:
-        for plugin in app.plugins:
-            removed = plugin.cleanup(app)
-            if removed is not None:
-                plugin_rows[plugin.get_identifier()] = removed
     if args.json:
-        _dump_json({"jobs": total, "plugins": plugin_rows}, s.out)
+        _dump_json({"jobs": report.jobs, "plugins": report.plugins}, s.out)
         return 0
-    s.out.write(f"pruned {total} finished job(s) {described}\n")
-    for name, removed in plugin_rows.items():
+    s.out.write(f"pruned {report.jobs} finished job(s) {described}\n")
+    for name, removed in report.plugins.items():
         s.out.write(f"{name}: removed {removed} row(s)\n")
     return 0
 
@@ -786,17 +773,13 @@ def cmd_stats(s: Session) -> int:
     app = s.app()
     now = app.clock.now()
     minutes = s.args.minutes
-    since = now - minutes * 60
-    counts = app.store.count_by_state()
-    per_minute = [0] * minutes
-    finished = {state.value: 0 for state in JobState if state.is_terminal}
-    for bucket, state, n in app.store.finished_per_bucket(since=since, bucket_s=60.0):
-        if 0 <= bucket < minutes:
-            per_minute[bucket] += n
-            finished[state.value] += n
+    counts = app.counts()
+    per_state = app.finished_counts(since=datetime.fromtimestamp(now - minutes * 60, UTC), intervals=minutes)
+    per_minute = [sum(interval.values()) for interval in per_state]
+    finished = {state.value: sum(interval[state] for interval in per_state) for state in JobState if state.is_terminal}
     total_finished = sum(finished.values())
-    oldest = app.store.oldest_due(now=now)
-    lag = None if oldest is None else max(0.0, now - oldest)
+    oldest = app.oldest_due_at()
+    lag = None if oldest is None else max(0.0, now - oldest.timestamp())
     data = {
         "at": _iso(datetime.fromtimestamp(now, UTC)),
         "counts": {state.value: n for state, n in counts.items()},
@@ -822,12 +805,8 @@ def cmd_stats(s: Session) -> int:
 
 def cmd_migrate(s: Session) -> int:
     app = s.app()
-    store = app.open()
-    versions = {"minijobs": store.schema_version("minijobs")}
-    for plugin in app.plugins:
-        version = store.schema_version(plugin.get_identifier())
-        if version:  # plugins with tables (built-in ones have the store's own schema)
-            versions[plugin.get_identifier()] = version
+    app.open()  # creates or upgrades the schema (core and plugins)
+    versions = app.schema_versions()
     if s.args.json:
         _dump_json({"db": app.path, "versions": versions}, s.out)
         return 0

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from .job import Job, JobState
 
 if TYPE_CHECKING:
-    from .app import App, JobFunction
+    from .app import App
+    from .registry import JobFunction
 
 _DateTime = datetime  # FakeClock has a method named datetime, which shadows the type inside the class
 

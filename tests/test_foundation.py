@@ -360,18 +360,6 @@ def test_async_timeout_cancels_the_job_and_counts_as_failed_attempt(db_path: Pat
     assert [e.type for e in job.errors] == ["minijobs.JobTimeoutError"] * 2
 
 
-def test_per_enqueue_options_override_decorator(db_path: Path) -> None:
-    app = make_app(db_path, queues=[minijobs.Queue("default"), minijobs.Queue("q")])
-
-    @app.job(priority=1, max_attempts=1)
-    def f() -> None:
-        return None
-
-    ref = f.options(priority=7, queue="q", max_attempts=4, timeout_s=2, meta={"who": "me"}).enqueue()
-    job = app.get(ref.id)
-    assert (job.priority, job.queue, job.max_attempts, job.timeout_s, job.meta) == (7, "q", 4, 2, {"who": "me"})
-
-
 # -- unique jobs ----------------------------------------------------------------
 
 
@@ -957,22 +945,6 @@ def test_errors_in_event_subscribers_are_logged_not_raised(db_path: Path, caplog
     ref = f.enqueue()
     assert app.drain() == 1 and app.get(ref.id).result == 1
     assert "subscriber bug" in caplog.text
-
-
-def test_registering_a_different_function_under_a_taken_name_is_refused(db_path: Path) -> None:
-    app = make_app(db_path)
-
-    @app.job(name="taken")
-    def one() -> int:
-        return 1
-
-    with pytest.raises(minijobs.ConfigurationError, match="taken"):
-        @app.job(name="taken")
-        def two() -> int:
-            return 2
-
-    with pytest.raises(minijobs.InvalidNameError):
-        app.job(name="bad name")(one.func)
 
 
 def test_payload_column_holds_plain_json(db_path: Path) -> None:

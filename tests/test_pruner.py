@@ -6,6 +6,7 @@ import asyncio
 import os
 import queue
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,78 @@ def test_one_shot_prune_batches_until_done_and_cleans_plugins(db_path: Path) -> 
     assert prune(app, Pruner(keep_s=None)).jobs == 0
     clock.advance(1)
     assert prune(app, Pruner(keep_s=0.5)).jobs == 2  # all three but the newest
+
+
+def test_one_shot_prune_with_a_rule_of_its_own(db_path: Path) -> None:
+    clock = FakeClock()
+    notes = Notes()
+    app, ok, bad = make_app(db_path, clock, Pruner(keep_s=None), notes)  # the app's rules keep everything
+    ids = {
+        "succeeded": ok.enqueue().id,
+        "failed-1": bad.enqueue().id,
+        "failed-2": bad.enqueue().id,
+        "reports-1": ok.options(queue="reports").enqueue().id,
+        "reports-2": ok.options(queue="reports").enqueue().id,
+    }
+    app.drain()
+    ids["pending"] = ok.options(delay_s=10**7).enqueue().id  # the newest: every finished job may go
+    clock.advance(100)
+    assert prune(app).jobs == 0
+    seen: list[int] = []
+    report = prune(app, older_than_s=50, states=["failed"], batch_size=1, progress=seen.append, checkpoint=False)
+    assert report.jobs == 2 and report.plugins == {"tests.notes": 3} and report.checkpoint is None
+    assert seen == [1, 2, 2]  # after each batch: one row, one row, then none left
+    assert surviving(app, ids) == set(ids) - {"failed-1", "failed-2"}
+    # ``now`` moves the cut-off: 50 s before 30 s after the jobs finished is before any of them.
+    at_30_s = clock.datetime() - timedelta(seconds=70)
+    assert prune(app, older_than_s=50, now=at_30_s).jobs == 0
+    assert prune(app, older_than_s=50, queue="reports", states=[JobState.SUCCEEDED], cleanup=False).jobs == 2
+    assert prune(app, older_than_s=0).jobs == 1
+    assert surviving(app, ids) == {"pending"}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"states": ["failed"]}, "states and queue need older_than_s"),
+        ({"queue": "reports"}, "states and queue need older_than_s"),
+        ({"older_than_s": -1}, "older_than_s must be a number of seconds >= 0"),
+        ({"older_than_s": float("nan")}, "older_than_s must be a number of seconds >= 0"),
+        ({"older_than_s": 1, "states": ["pending"]}, "states must be finished states"),
+        ({"older_than_s": 1, "states": []}, "states must be finished states"),
+        ({"older_than_s": 1, "queue": "bad name"}, "queue name"),
+        ({"batch_size": 0}, "batch_size must be an int >= 1"),
+        ({"now": datetime(2030, 1, 1)}, "now must be a timezone-aware datetime"),  # naive
+    ],
+)
+def test_one_shot_prune_refuses_bad_rules(db_path: Path, options: dict[str, Any], message: str) -> None:
+    app, ok, _ = make_app(db_path, FakeClock(), Pruner(keep_s=1))
+    ok.enqueue()
+    app.drain()
+    with pytest.raises((minijobs.ConfigurationError, minijobs.InvalidNameError), match=message):
+        prune(app, **options)
+    assert app.counts()[JobState.SUCCEEDED] == 1
+
+
+class Broken(Plugin):
+    """A plugin whose cleanup fails."""
+
+    @classmethod
+    def get_identifier(cls) -> str:
+        return "tests.broken"
+
+    def cleanup(self, app: minijobs.App) -> int:
+        raise RuntimeError("cleanup broke")
+
+
+def test_a_failing_cleanup_is_logged_or_raised(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    notes = Notes()
+    app, _, _ = make_app(db_path, FakeClock(), Pruner(), Broken(), notes)
+    assert prune(app).plugins == {"tests.notes": 3}  # the others still run
+    assert "plugin tests.broken failed in cleanup()" in caplog.text
+    with pytest.raises(RuntimeError, match="cleanup broke"):
+        prune(app, raise_on_cleanup_error=True)
+    assert notes.cleanups == 1
 
 
 def test_a_pass_stops_at_its_time_budget(db_path: Path) -> None:

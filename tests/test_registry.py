@@ -1,10 +1,13 @@
-"""Enqueue refuses what the worker would reject: arguments that do not fit, undeclared queues, a name taken twice.
+"""The job registry (:mod:`minijobs.registry`): what ``@app.job`` returns and its per-enqueue options.
 
-Each refusal is a typed error at the call and nothing is written.
+Enqueue refuses what the worker would reject: arguments that do not fit,
+undeclared queues, a name taken twice.  Each refusal is a typed error at the
+call and nothing is written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -153,6 +156,8 @@ def _factory(n: int) -> Callable[[], int]:
 
 def test_a_second_function_under_one_name_is_refused(app: App) -> None:
     app.job(name="registry.same")(plain)
+    with pytest.raises(minijobs.InvalidNameError):
+        app.job(name="bad name")(plain)
     with pytest.raises(ConfigurationError, match="a different function is already registered as 'registry.same'"):
         app.job(name="registry.same")(keyword_only)
     # Closures from one factory share their code, not what they run.
@@ -175,3 +180,25 @@ def test_the_same_definition_again_is_accepted(app: App) -> None:
     shared = _factory(7)
     app.job(name="registry.shared")(shared)
     app.job(name="registry.shared")(shared)
+
+
+def test_per_enqueue_options_override_the_decorator(app: App) -> None:
+    fn = app.job(name="registry.plain", priority=1, max_attempts=1)(plain)
+    bound = fn.options(priority=7, queue="mail", max_attempts=4, timeout_s=2, meta={"who": "me"})
+    refs = [bound.enqueue(1), *app.enqueue_many([bound.prepare(2)]), asyncio.run(bound.enqueue_async(3))]
+    jobs = [ref.get() for ref in refs]
+    options = [(j.priority, j.queue, j.max_attempts, j.timeout_s, j.meta) for j in jobs]
+    assert options == [(7, "mail", 4, 2, {"who": "me"})] * 3
+    assert [j.args for j in jobs] == [(1,), (2,), (3,)]
+    plain_job = asyncio.run(fn.enqueue_async(4)).get()  # the decorator's settings are untouched
+    assert (plain_job.priority, plain_job.queue, plain_job.max_attempts, plain_job.timeout_s) == (1, "default", 1, None)
+
+
+def test_the_registry_types_are_the_ones_the_app_module_and_the_package_name() -> None:
+    import minijobs.app
+    import minijobs.registry
+
+    for name in ("BoundJob", "EnqueueRequest", "JobFunction", "JobRef", "JobSpec"):
+        assert getattr(minijobs.app, name) is getattr(minijobs.registry, name)
+    for name in ("BoundJob", "EnqueueRequest", "JobFunction", "JobRef"):
+        assert getattr(minijobs, name) is getattr(minijobs.registry, name)

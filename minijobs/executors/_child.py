@@ -33,6 +33,7 @@ from ..context import JobContext, reset_current, set_current
 from ..errors import public_module
 from ..job import Job, JobState, Progress
 from ..payload import utf8_safe
+from ..registry import JobFunction
 from .base import await_capturing
 
 #: How often the child checks that its parent is still alive.
@@ -182,7 +183,6 @@ def _resolve(
     found = functions.get(name)
     if found is not None:
         return found
-    from ..app import JobFunction
     from ..errors import UnknownJobError
 
     failed = import_errors.get(module)

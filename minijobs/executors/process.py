@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from .. import errors, payload
 from ..errors import ConfigurationError, ProcessDiedError, RemoteJobError, UnknownJobError
 from ..job import Job, Progress
+from ..registry import JobFunction
 from ._child import child_main, encode_message
 from .base import CancelReason, Executor, TracebackText
 
@@ -435,8 +436,6 @@ def job_spec(job: Job, target: tuple[str, str], args: tuple[Any, ...], kwargs: d
 
 def locate_function(name: str, func: Callable[..., Any]) -> tuple[str, str]:
     """Module and qualified name by which another interpreter finds ``func``; checked here, in the parent."""
-    from ..app import JobFunction  # not at import time: app imports the worker, which imports executors
-
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:

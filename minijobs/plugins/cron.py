@@ -46,11 +46,12 @@ from .. import payload
 from ..cron import CronExpression, parse, resolve_tz
 from ..errors import ConfigurationError, CronError, UnknownJobError
 from ..plugin import Plugin, PluginScope, check_config
+from ..registry import BoundJob, EnqueueRequest, JobFunction
 from ..store import SlotKind
 from .leadership import IDENTIFIER as LEADERSHIP
 
 if TYPE_CHECKING:
-    from ..app import App, BoundJob, EnqueueRequest, JobFunction
+    from ..app import App
     from ..worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -301,8 +302,6 @@ class Cron(Plugin):
         return refs[0].id
 
     def _request(self, app: App, schedule: CronSchedule, meta: dict[str, Any]) -> EnqueueRequest:
-        from ..app import BoundJob, EnqueueRequest, JobFunction
-
         job = schedule.job
         if isinstance(job, str):
             function = app.registry.get(job)

@@ -19,17 +19,20 @@ The job with the highest id is never deleted (see :meth:`SQLiteStore.prune
 <minijobs.store.SQLiteStore.prune>`): that keeps job ids from being reused.
 
 It runs on the leader only.  :func:`prune` does one complete pass on demand
-(for a CLI or a cron job) with the app's Pruner settings.
+(for a cron job, or the ``minijobs prune`` command, a shell over it) with the
+app's Pruner settings or a rule of its own (``older_than_s``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigurationError, InvalidNameError
@@ -215,13 +218,25 @@ class Pruner(Plugin):
 
 
 class _Batches:
-    """Runs a pass's rules one bounded delete at a time."""
+    """Runs a pass's rules one bounded delete at a time.
 
-    def __init__(self, pruner: Pruner, app: App) -> None:
+    By default the pruner's rules, ``batch_size`` rows at a time, measured
+    from the app's clock now; :func:`prune` may give its own of each.
+    """
+
+    def __init__(
+        self,
+        pruner: Pruner,
+        app: App,
+        *,
+        rules: Sequence[_Rule] | None = None,
+        batch_size: int | None = None,
+        now: float | None = None,
+    ) -> None:
         self.app = app
-        self.limit = pruner.batch_size
-        self.now = app.clock.now()
-        self.rules = deque(pruner.rules())
+        self.limit = pruner.batch_size if batch_size is None else batch_size
+        self.now = app.clock.now() if now is None else now
+        self.rules = deque(pruner.rules() if rules is None else rules)
         self.deleted = 0
 
     def step(self) -> bool:
@@ -242,12 +257,15 @@ class _Batches:
         return bool(self.rules)
 
 
-def _cleanup_plugins(app: App) -> dict[str, int]:
+def _cleanup_plugins(app: App, *, raise_errors: bool = False) -> dict[str, int]:
+    """Every plugin's ``cleanup()``: rows removed by each.  A failing one is logged and skipped, or raised."""
     removed: dict[str, int] = {}
     for plugin in app.plugins:
         try:
             n = plugin.cleanup(app)
         except Exception:
+            if raise_errors:
+                raise
             logger.exception("plugin %s failed in cleanup()", plugin.get_identifier())
             continue
         if n is not None:
@@ -255,20 +273,73 @@ def _cleanup_plugins(app: App) -> dict[str, int]:
     return removed
 
 
-def prune(app: App, pruner: Pruner | None = None, *, cleanup: bool = True, checkpoint: bool = True) -> PruneReport:
+def prune(
+    app: App,
+    pruner: Pruner | None = None,
+    *,
+    older_than_s: float | None = None,
+    states: Iterable[JobState | str] | None = None,
+    queue: str | None = None,
+    batch_size: int | None = None,
+    now: datetime | None = None,
+    cleanup: bool = True,
+    checkpoint: bool = True,
+    raise_on_cleanup_error: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> PruneReport:
     """Run one complete prune now, with ``pruner``'s settings (default: the app's Pruner, else defaults).
 
     Deletes in batches (each its own short transaction) until nothing old is
     left, then runs every plugin's ``cleanup()`` and a WAL checkpoint.
+
+    ``older_than_s`` replaces the retention rules with one: finished jobs
+    (of ``states``, default all three, and of ``queue`` if given) that
+    finished more than that long before ``now`` (default: the app's clock).
+    ``batch_size`` overrides the pruner's; ``progress`` is called after each
+    batch with the number of jobs deleted so far.  A plugin whose cleanup
+    fails is logged and skipped, as in the Pruner's passes, or, with
+    ``raise_on_cleanup_error``, raises (the jobs are deleted by then).
     """
     if pruner is None:
         pruner = next((p for p in app.plugins if isinstance(p, Pruner)), None) or Pruner()
-    batches = _Batches(pruner, app)
-    while batches.step():
-        pass
+    rules: list[_Rule] | None = None
+    if older_than_s is not None:
+        only = None if queue is None else check_queue_name(queue)
+        rules = [_Rule(_check_age(older_than_s), _checked_states(states), only, exclude_queues=())]
+    elif states is not None or queue is not None:
+        raise ConfigurationError("prune: states and queue need older_than_s (without it the retention rules apply)")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigurationError(f"prune: batch_size must be an int >= 1, got {batch_size!r}")
+    if now is not None and (not isinstance(now, datetime) or now.utcoffset() is None):
+        raise ConfigurationError(f"prune: now must be a timezone-aware datetime, got {now!r}")
+    batches = _Batches(pruner, app, rules=rules, batch_size=batch_size, now=None if now is None else now.timestamp())
+    while batches.rules:
+        batches.step()
+        if progress is not None:
+            progress(batches.deleted)
     report = PruneReport(jobs=batches.deleted)
     if cleanup:
-        report.plugins = _cleanup_plugins(app)
+        report.plugins = _cleanup_plugins(app, raise_errors=raise_on_cleanup_error)
     if checkpoint:
         report.checkpoint = pruner.checkpoint(app, idle=True)
     return report
+
+
+def _check_age(value: float) -> float:
+    """A retention age in seconds: a finite number >= 0, with no upper bound (as ``keep_s`` has none)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ConfigurationError(f"prune: older_than_s must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _checked_states(states: Iterable[JobState | str] | None) -> tuple[str, ...]:
+    """Finished states as stored (each once, in the order given); all three when None."""
+    if states is None:
+        return _TERMINAL
+    if isinstance(states, str):
+        states = [states]
+    checked = tuple(dict.fromkeys(str(state) for state in states))
+    bad = [state for state in checked if state not in _TERMINAL]
+    if bad or not checked:
+        raise ConfigurationError(f"prune: states must be finished states ({', '.join(_TERMINAL)}), got {bad or 'none'}")
+    return checked
