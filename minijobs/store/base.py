@@ -33,8 +33,8 @@ SlotKind = Literal["baseline", "enqueued", "skipped"]
 class NewJob(NamedTuple):
     """A validated job to insert; built by the app, written by :meth:`Store.enqueue`.
 
-    A named tuple, built by keyword: the SQLite store binds it as it is, in
-    field order (``tests/test_store_sqlite.py`` pins that order to the INSERT).
+    A named tuple: the SQLite store binds it as it is, so its field order is
+    the order of ``sql.INSERT``'s columns.
     """
 
     name: str
