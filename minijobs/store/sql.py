@@ -154,11 +154,6 @@ JOB_COLUMNS = (
     "started_at, completed_at, result, errors, progress, meta, unique_key, rescues, cancel_requested, lease_owner"
 )
 
-#: What a claim reads back: the columns of ``JOB_COLUMNS`` the claim did not just set itself.
-CLAIMED_COLUMNS = (
-    "id, name, payload, priority, attempts, max_attempts, timeout_s, scheduled_at, created_at, "
-    "result, errors, progress, meta, unique_key, rescues, cancel_requested"
-)
 
 RUNNABLE = "state IN ('pending', 'retrying')"
 #: Due waiting rows promoted per claim at most, so that one claim never does unbounded work
@@ -229,7 +224,7 @@ WHERE id IN (
     ORDER BY priority DESC, id
     LIMIT {CLAIM_LIMIT}
 )
-RETURNING {CLAIMED_COLUMNS}
+RETURNING {JOB_COLUMNS}
 """
 #: The claim right after a promotion: more due jobs may still wait (a promotion is bounded),
 #: and they must not hold back the ones just promoted.

@@ -148,45 +148,6 @@ def _decode_row(row: Sequence[Any], times: dict[float, datetime] | None = None) 
     ))
 
 
-def _claimed_job(row: Sequence[Any], queue: str, owner: str, started_at: datetime, times: dict[float, datetime]) -> Job:
-    """A :class:`Job` from a ``sql.CLAIMED_COLUMNS`` row: the claim's hot path.
-
-    The claim itself set queue, state, start time and owner, so they are not
-    read back (six fewer values per row, ~0.7 us of a claim's ~5 us).
-    """
-    try:
-        args, kwargs = _decode_args(row[2])
-        errors_text = row[10]
-        meta_text = row[12]
-        cached = times.get
-        return job_from_fields((
-            row[0],  # id
-            row[1],  # name
-            queue,
-            args,
-            kwargs,
-            JobState.RUNNING,
-            row[3],  # priority
-            row[4],  # attempts
-            row[5],  # max_attempts
-            cached(row[7]) or _when(row[7], times),  # scheduled_at
-            cached(row[8]) or _when(row[8], times),  # created_at
-            started_at,
-            None,  # completed_at: cleared whenever a job becomes runnable again
-            None if row[9] is None else json.loads(row[9]),  # result (of an earlier run, if re-run)
-            () if errors_text == "[]" else decode_attempt_errors(errors_text),
-            None if row[11] is None else _parse_progress(row[11]),
-            {} if meta_text == "{}" else json.loads(meta_text),
-            row[13],  # unique_key
-            row[6],  # timeout_s
-            row[14],  # rescues
-            bool(row[15]),  # cancel_requested
-            owner,
-        ))
-    except _UNREADABLE as exc:
-        raise CorruptDatabaseError(f"job {row[0]}: its stored row is damaged ({type(exc).__name__}: {exc})") from exc
-
-
 def _known_state(value: Any, count: int) -> JobState | None:
     """The state a count is for; a damaged state value is logged and its rows left out of counts."""
     state = STATE_BY_VALUE.get(value) if isinstance(value, str) else None
@@ -630,15 +591,15 @@ class SQLiteStore(Store):
             with self._write("promote and claim") as conn:
                 conn.execute(sql.PROMOTE, params)
                 rows = conn.execute(sql.CLAIM_PROMOTED, params).fetchall()
-        times: dict[float, datetime] = {}
-        started_at = times[now] = datetime.fromtimestamp(now, UTC)
+        # The whole batch shares one start time: converted once.
+        times: dict[float, datetime] = {now: datetime.fromtimestamp(now, UTC)}
         jobs: list[Job] = []
         damaged: list[tuple[int, int, str]] = []
         for row in rows:
             try:
-                jobs.append(_claimed_job(row, queue, owner, started_at, times))
+                jobs.append(_job_from_row(row, times))
             except CorruptDatabaseError as exc:
-                damaged.append((row[0], row[4], str(exc)))
+                damaged.append((row[0], row[6], str(exc)))
         if damaged:
             self._fail_damaged(damaged, owner=owner, now=now)
         jobs.sort(key=_claim_order)
