@@ -81,7 +81,7 @@ class JobContext:
     ) -> None:
         self.job = job
         # Created on the first cancel request unless shared: most jobs are never
-        # cancelled, and an Event (a Condition and a lock) costs ~3 us per job.
+        # cancelled, and an Event (a Condition and a lock) would be built for every job.
         self._cancel = cancel_event
         self._on_progress = on_progress
         self.timed_out = False
@@ -101,8 +101,9 @@ class JobContext:
         The stop sets it for every running job at once, not after ``grace_s``,
         so that a cooperative job can end the stop early: stopping then costs it
         nothing (see :meth:`check_cancelled`).  A job may also ignore it and
-        return within ``grace_s``, and its result is written.  Jobs of a
-        ``ProcessExecutor`` child never see it: they are stopped by kill.
+        return within ``grace_s``, and its result is written.  A
+        ``ProcessExecutor`` child sees the stop too (it is told by ``SIGUSR1``,
+        where the platform has it); a cancel or timeout stops it by kill.
         """
         event = self._cancel
         return event is not None and event.is_set()
@@ -135,8 +136,13 @@ class JobContext:
     def _request_cancel(self) -> None:
         event = self._cancel
         if event is None:
-            event = self._cancel = threading.Event()
-        event.set()
+            # Set before it is shared: no lock anyone else could hold is taken, so this is
+            # safe from a signal handler too (a process child learns of a stop that way).
+            event = threading.Event()
+            event.set()
+            self._cancel = event
+        else:
+            event.set()
 
 
 def current_job() -> JobContext:

@@ -156,9 +156,10 @@ _FIELD_COUNT = len(_FIELD_SETTERS)
 def job_from_fields(values: tuple[Any, ...]) -> Job:
     """Build a :class:`Job` from already-typed values in field order (the store's row reader).
 
-    The generated ``__init__`` of a frozen dataclass with 22 fields costs about
-    4 us (one ``object.__setattr__`` call per field, plus keyword parsing);
-    calling the slot setters from C through ``map`` costs a third of that.
+    The generated ``__init__`` of a frozen dataclass makes one
+    ``object.__setattr__`` call per field and parses keywords; calling the slot
+    setters from C through ``map`` avoids both on the claim's hot path (the
+    drain benchmarks, ``python3 -m benchmarks --only drain``, measure it).
     Callers pass every field.
     """
     if len(values) != _FIELD_COUNT:

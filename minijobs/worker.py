@@ -31,33 +31,22 @@ from .errors import (
 )
 from .executors.aio import AsyncExecutor
 from .executors.base import Executor
-from .job import Job, JobState, Progress, decode_attempt_errors, encode_attempt_error, to_datetime
+from .hooks import JobHooks, proposed_job
+from .job import Job, JobState, Progress, decode_attempt_errors, encode_attempt_error
 from .limits import check_duration
-from .notify import DirectoryWatch
 from .outcome import Action
-from .plugin import Plugin, PluginScope, overrides
 from .store import Outcome, Store
+from .supervisor import PluginSupervisor
 
 if TYPE_CHECKING:
     from .app import App
+    from .registry import JobFunction
 
 logger = logging.getLogger(__name__)
 
 #: Longest the loop sleeps without a reason, as a guard against missed wake-ups and wall-clock jumps.
 MAX_IDLE_S = 2.0
-#: Without inotify: after the last change seen, poll ``data_version`` at ``poll_interval_s`` for this long.
-FAST_POLL_WINDOW_S = 1.0
-#: With inotify: after a file event or a change seen, poll fast for this long.  Each commit writes the
-#: -wal file (an event) a moment before it becomes visible (the wal-index is updated through shared
-#: memory, which raises no event; with ``durability="full"`` an fsync lies in between), so one event
-#: needs polling only until its commit shows; every further commit brings its own event.
-FAST_POLL_AFTER_EVENT_S = 0.05
-#: How long a stopping worker waits for its plugins to end by themselves before cancelling them.
-PLUGIN_STOP_S = 2.0
-#: Poll interval of a quiet database when inotify reports activity (a safety net only).
-IDLE_POLL_S = 0.5
-#: Poll interval of a quiet database where inotify is unavailable.
-IDLE_POLL_NO_INOTIFY_S = 0.02
+
 
 
 class Worker:
@@ -97,10 +86,6 @@ class Worker:
         self.executors: dict[str, Executor] = {}
         #: Attempts finished (succeeded, failed, retrying or cancelled) by this worker.
         self.jobs_finished = 0
-        #: Elections this worker leads (leader-scoped plugin identifiers; see :meth:`set_leader`).
-        self._leading: set[str] = set()
-        #: Per election, an event set at its next change (see :meth:`_leader_event`).
-        self._leader_flips: dict[str, asyncio.Event] = {}
         self._outcomes: list[tuple[Outcome, Job]] = []
         self._released: list[int] = []
         #: Jobs claimed again while this worker's own stale attempt of them still runs (see ``_wanted_claims``).
@@ -112,23 +97,20 @@ class Worker:
         #: Running jobs someone asked to cancel: their ``Cancelled`` is a cancellation even while stopping.
         self._cancels: set[int] = set()
         self._failure: JobFailedError | None = None
-        self._stop_requested = False
+        #: The one stop signal: set when the stop begins (plugins' ``sleep`` returns False from then on).
+        #: Created here, not in :meth:`run`: a stop asked for before the loop runs must be kept.
+        self.stopping = asyncio.Event()
+        #: Set when the stop must not wait for running jobs (``stop(now=True)``).
+        self.hurried = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        #: Plugin supervisors (see :meth:`_run_plugin`): at a stop they get a moment to end by themselves.
-        self._plugin_tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id: int | None = None
         self.started = threading.Event()
         self.stopped = threading.Event()
-        plugin_list = app.plugins if self.run_plugins else ()
-        self._starting_hooks = [p for p in app.plugins if overrides(p, "on_job_starting")]
-        self._completed_hooks = [p for p in app.plugins if overrides(p, "on_job_completed")]
-        self._updated_hooks = [p for p in app.plugins if overrides(p, "on_job_updated")]
-        self._run_plugins: list[Plugin] = list(plugin_list)
+        self.hooks = JobHooks(app.plugins, max_payload_bytes=app.max_payload_bytes)
+        self.plugins = PluginSupervisor(self, app.plugins if self.run_plugins else ())
         #: Identifiers of the leader-scoped plugins this worker runs: the elections it takes part in.
-        self.leader_plugins: tuple[str, ...] = tuple(
-            p.get_identifier() for p in self._run_plugins if p.get_scope() is PluginScope.LEADER
-        )
+        self.leader_plugins: tuple[str, ...] = self.plugins.leader_plugins
 
     # -- thread-safe controls ---------------------------------------------
 
@@ -140,7 +122,21 @@ class Worker:
 
     @property
     def is_stopping(self) -> bool:
-        return self._stop_requested
+        """True from the moment the stop begins (the state of :attr:`stopping`)."""
+        return self.stopping.is_set()
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """Largest encoded result or argument set a job may have (the app's ``max_payload_bytes``)."""
+        return self.app.max_payload_bytes
+
+    def job_function(self, name: str) -> JobFunction[..., Any] | None:
+        """The registered function of job ``name`` (None if this process registered none)."""
+        return self.app.registry.get(name)
+
+    def job_modules(self) -> set[str]:
+        """Modules defining the registered job functions (what a process child imports)."""
+        return {m for f in self.app.registry.values() if isinstance(m := getattr(f.func, "__module__", None), str)}
 
     @property
     def is_idle(self) -> bool:
@@ -173,7 +169,7 @@ class Worker:
     def stop(self, *, now: bool = False) -> None:
         """Ask the worker to stop: finish running jobs within ``grace_s`` (or cancel them at once if ``now``)."""
         if self._loop is None:
-            self._stop_requested = True
+            self.stopping.set()  # nothing waits on it yet: safe from any thread
             return
         self.call_soon(self._begin_stop, now)
 
@@ -206,10 +202,9 @@ class Worker:
         has its outcome written, and one that raises ``Cancelled`` in reply is
         released (see :meth:`job_completed`).
         """
-        first = not self._stop_requested
+        first = not self.stopping.is_set()
         flagged: list[int] | None = None
         if first:
-            self._stop_requested = True
             self.stopping.set()
             flagged = [job_id for e in self.executors.values() for job_id in e.flag_stopping()]
             self.app.events.emit("worker.stopping", worker_id=self.id)
@@ -234,7 +229,7 @@ class Worker:
             return
         seen = len(set(flagged or ()) & set(running))
         who = ("they see current_job().cancelled" if seen == len(running) else
-               f"{seen} of them see current_job().cancelled (jobs in child processes do not)")
+               f"{seen} of them see current_job().cancelled (the others cannot be told)")
         logger.info("worker %s stopping: waiting up to %.1f s for %d running job(s) (ids %s); %s",
                     self.id, self.grace_s, len(running), shown, who)
 
@@ -262,43 +257,23 @@ class Worker:
     @property
     def is_leader(self) -> bool:
         """True while this worker leads the election of at least one of its leader-scoped plugins."""
-        return bool(self._leading)
+        return self.plugins.is_leader
 
     def leads(self, plugin: str) -> bool:
         """True while this worker leads the election of the leader-scoped plugin ``plugin`` (an identifier)."""
-        return plugin in self._leading
+        return self.plugins.leads(plugin)
 
     def set_leader(self, leader: bool, *, plugin: str | None = None) -> None:
         """Record whether this worker leads ``plugin``'s election (None: all of :attr:`leader_plugins`).
 
         Called by the Leadership plugin in the loop thread; the plugin concerned
-        starts or stops accordingly.
+        starts or stops accordingly (see :mod:`minijobs.supervisor`).
         """
-        for name in self.leader_plugins if plugin is None else (plugin,):
-            if leader == (name in self._leading):
-                continue
-            if leader:
-                self._leading.add(name)
-            else:
-                self._leading.discard(name)
-            flip = self._leader_flips.pop(name, None)
-            if flip is not None:
-                flip.set()
+        self.plugins.set_leader(leader, plugin=plugin)
 
     def job_starting(self, job: Job) -> Job:
-        for plugin in self._starting_hooks:
-            # A hook that fails or returns something else is logged and skipped: it never takes the worker down.
-            try:
-                changed = plugin.on_job_starting(job=job, worker=self)
-            except Exception:
-                logger.exception("plugin %s failed in on_job_starting for job %d; hook skipped",
-                                 plugin.get_identifier(), job.id, extra={"job_id": job.id})
-                continue
-            if not isinstance(changed, Job) or changed.id != job.id:
-                logger.error("plugin %s: on_job_starting must return the job or a copy of it (same id), got %r; "
-                             "hook ignored", plugin.get_identifier(), changed, extra={"job_id": job.id})
-                continue
-            job = changed
+        """The job as it will run: plugins may replace it (see :class:`~minijobs.hooks.JobHooks`)."""
+        job = self.hooks.starting(job, self)
         if self.app.events.wants("job.started"):
             self.app.events.emit("job.started", job=job, worker_id=self.id)
         return job
@@ -321,7 +296,7 @@ class Worker:
                 exc, result = error, None
         registered = self.app.registry.get(job.name)
         decision = outcome_policy.decide(
-            job, exc, now=now, stopping=self._stop_requested, cancel_requested=user_cancel,
+            job, exc, now=now, stopping=self.stopping.is_set(), cancel_requested=user_cancel,
             backoff=registered.retry if registered is not None else None,
         )
         if decision.action is Action.RELEASE:
@@ -346,10 +321,10 @@ class Worker:
             scheduled_at=decision.retry_at,
             progress=progress_entry[1] if progress_entry else None,
         )
-        if self._completed_hooks:
-            outcome, job = self._apply_completed_hooks(job, outcome, exc, result)
-        elif self._updated_hooks or self.app.events.wants("job.completed"):
-            job = self._proposed(job, outcome, result)
+        if self.hooks.see_outcomes:
+            outcome, job = self.hooks.completed(job, outcome, exc=exc, result=result, worker=self, now=now)
+        elif self.hooks.see_writes or self.app.events.wants("job.completed"):
+            job = proposed_job(job, outcome, result)
         if exc is not None:  # logged after the hooks, so the line shows the outcome actually written
             # A retry or a cancellation someone asked for is the system working; a failure is not.
             log = logger.info if outcome.state in (JobState.RETRYING, JobState.CANCELLED) else logger.warning
@@ -357,64 +332,6 @@ class Worker:
                 type(exc).__name__, exc, outcome.state, extra={"job_id": job.id})
         self._outcomes.append((outcome, job))
         self._wake_event.set()
-
-    def _proposed(self, job: Job, outcome: Outcome, result: Any) -> Job:
-        """The job as it will look once ``outcome`` is written (what hooks and events see)."""
-        errors = job.errors
-        if outcome.error is not None:
-            errors = (*errors, *decode_attempt_errors(f"[{outcome.error}]"))
-        return job.replace(
-            state=outcome.state,
-            result=result if outcome.state is JobState.SUCCEEDED else None,
-            errors=errors,
-            completed_at=to_datetime(outcome.completed_at),
-            scheduled_at=to_datetime(outcome.scheduled_at) if outcome.scheduled_at is not None else job.scheduled_at,
-            lease_owner=None,
-        )
-
-    def _apply_completed_hooks(
-        self, job: Job, outcome: Outcome, exc: BaseException | None, result: Any
-    ) -> tuple[Outcome, Job]:
-        """Let plugins replace the outcome; they see it as a job snapshot and return a changed copy.
-
-        A hook that raises, or returns something that cannot be written (another
-        job, state ``running``, a result JSON cannot hold), is logged and skipped.
-        """
-        proposed = self._proposed(job, outcome, result)
-        final = proposed
-        for plugin in self._completed_hooks:
-            try:
-                changed = plugin.on_job_completed(job=final, worker=self, exc=exc, result=result)
-                problem = _bad_hook_result(changed, job)
-                if problem is None and changed is not final and changed.result is not None:
-                    payload.encode(changed.result, what="result", max_bytes=self.app.max_payload_bytes)
-            except Exception:
-                logger.exception("plugin %s failed in on_job_completed for job %d; hook skipped",
-                                 plugin.get_identifier(), job.id, extra={"job_id": job.id})
-                continue
-            if problem is not None:
-                logger.error("plugin %s: on_job_completed returned %s for job %d; hook ignored",
-                             plugin.get_identifier(), problem, job.id, extra={"job_id": job.id})
-                continue
-            final = changed
-        if final is proposed:
-            return outcome, proposed
-        new_error = None
-        if len(final.errors) > len(job.errors):
-            new_error = encode_attempt_error(final.errors[-1])
-        runnable = final.state in (JobState.RETRYING, JobState.PENDING)
-        outcome = Outcome(
-            job_id=job.id,
-            owner=self.id,
-            attempt=job.attempts,
-            state=final.state,
-            completed_at=None if runnable else (final.completed_at or to_datetime(self.app.clock.now())).timestamp(),  # type: ignore[union-attr]
-            result=None if final.result is None else payload.encode(final.result, what="result", max_bytes=self.app.max_payload_bytes),
-            error=new_error,
-            scheduled_at=final.scheduled_at.timestamp() if runnable else None,
-            progress=outcome.progress,
-        )
-        return outcome, final
 
     async def _flush(self) -> None:
         """Write queued outcomes, releases and progress on the store thread (see :meth:`_pass`)."""
@@ -431,7 +348,7 @@ class Worker:
         write failed are kept for the next pass; a failed claim raises
         :class:`StoreError` after the writes were handled.
         """
-        if claim and self._outcomes and (self._updated_hooks or self.app.events.wants("job.completed")):
+        if claim and self._outcomes and (self.hooks.see_writes or self.app.events.wants("job.completed")):
             # Observers of written outcomes run before the job can be claimed again (a retry due
             # at once would be), so what they read back is the outcome they were told of.
             await self._pass(claim=False)
@@ -488,13 +405,9 @@ class Worker:
                 self._failure = JobFailedError(
                     f"job {outcome.job_id} ({job.name}) failed: {_last_error_message(outcome)}", job_id=outcome.job_id
                 )
-            if want_event or self._updated_hooks:
+            if want_event or self.hooks.see_writes:
                 snapshot = job if job.state is outcome.state else job.replace(state=outcome.state)
-                for plugin in self._updated_hooks:
-                    try:
-                        plugin.on_job_updated(job=snapshot, worker=self)
-                    except Exception:
-                        logger.exception("plugin %s failed in on_job_updated", plugin.get_identifier())
+                self.hooks.updated(snapshot, self)
                 if want_event:
                     events.emit("job.completed", job=snapshot, state=outcome.state, worker_id=self.id)
         self.app.notify_finished(finished_ids)
@@ -509,7 +422,7 @@ class Worker:
         again this queue claims nothing more.  Idle means every slot free,
         abandoned calls (which still run) included.
         """
-        if self._stop_requested:
+        if self.stopping.is_set():
             return []
         wants: list[_Claim] = []
         for executor in self.executors.values():
@@ -531,7 +444,7 @@ class Worker:
         exhausted: list[str] = []
         for name, free, _ in wants:
             jobs = claimed_by_queue.get(name, [])
-            if self._stop_requested:
+            if self.stopping.is_set():
                 # The stop began while the claim was on its way: these jobs go back untouched.
                 self._released.extend(job.id for job in jobs)
                 continue
@@ -562,7 +475,7 @@ class Worker:
         if entry is None:
             return
         executor, job = entry
-        if self._stop_requested:
+        if self.stopping.is_set():
             self._released.append(job.id)
         else:
             executor.push(job)
@@ -580,10 +493,6 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
         self._wake_event = asyncio.Event()
-        self.stopping = asyncio.Event()
-        self.hurried = asyncio.Event()
-        if self._stop_requested:
-            self.stopping.set()
         self.store = store = await self.app._opened()
         watcher = None if self.burst else store.open_watcher()
         clock_listener = None
@@ -598,12 +507,10 @@ class Worker:
             if not self.burst:
                 self._tasks.append(asyncio.create_task(self._heartbeat(), name=f"minijobs-heartbeat-{self.id}"))
                 if watcher is not None:
-                    self._tasks.append(asyncio.create_task(self._watch(watcher), name="minijobs-watch"))
-            if self.run_plugins:
-                for plugin in self._run_plugins:
-                    self._plugin_tasks.append(
-                        asyncio.create_task(self._run_plugin(plugin), name=plugin.get_identifier())
-                    )
+                    self._tasks.append(asyncio.create_task(
+                        watcher.watch(self._wake_event.set, poll_interval_s=self.poll_interval_s), name="minijobs-watch"
+                    ))
+            self.plugins.start()
             if self.burst:
                 for plugin in self.app.plugins:
                     await plugin.on_drain(self, self.app)
@@ -632,7 +539,7 @@ class Worker:
 
     async def _main_loop(self) -> None:
         store_errors = 0
-        while not self._stop_requested:
+        while not self.stopping.is_set():
             self._wake_event.clear()
             try:
                 claimed, exhausted = await self._pass()
@@ -742,114 +649,6 @@ class Worker:
             for job_id in cancel:
                 self._cancel_local(job_id, "cancel")
 
-    async def _watch(self, watcher: Any) -> None:
-        """Wake the loop when another connection commits.
-
-        Polls ``data_version`` every ``poll_interval_s`` while the database is
-        busy and slowly when it is quiet.  Where inotify works (Linux), a file
-        event on the database switches to fast polling for a moment only: long
-        enough for that commit to show, short enough that this process's own
-        writes (a leadership renewal every few seconds) cost a few polls instead
-        of a second of them.  Elsewhere, any change keeps fast polling on for
-        ``FAST_POLL_WINDOW_S``.
-        """
-        loop = asyncio.get_running_loop()
-        fast = self.poll_interval_s
-        notifier = DirectoryWatch.create(self.store.path)
-        slow = max(fast, IDLE_POLL_S if notifier is not None else IDLE_POLL_NO_INOTIFY_S)
-        window = FAST_POLL_AFTER_EVENT_S if notifier is not None else FAST_POLL_WINDOW_S
-        activity = asyncio.Event()
-        fast_until = loop.time() + window
-
-        def on_fs_event() -> None:
-            if notifier is not None and notifier.read():
-                activity.set()
-
-        if notifier is not None:
-            loop.add_reader(notifier.fileno(), on_fs_event)
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(fast if loop.time() < fast_until else slow):
-                        await activity.wait()
-                except TimeoutError:
-                    pass
-                if activity.is_set():
-                    activity.clear()
-                    fast_until = loop.time() + window
-                if watcher.changed():
-                    fast_until = loop.time() + window
-                    self._wake_event.set()
-        finally:
-            if notifier is not None:
-                loop.remove_reader(notifier.fileno())
-                notifier.close()
-
-    async def _run_plugin(self, plugin: Plugin) -> None:
-        """Run a plugin protected: log and restart it with backoff when it raises.
-
-        A leader-scope plugin runs only while this worker leads that plugin's
-        election (see :mod:`minijobs.plugins.leadership`): it starts when the
-        election is won and is cancelled when it is lost.
-        """
-        name = plugin.get_identifier()
-        if plugin.worker is not None and plugin.worker is not self:
-            logger.error("plugin %s already runs in worker %s; not running it in %s too (give each App its own "
-                         "plugin instances)", name, plugin.worker.id, self.id)
-            return
-        failures = 0
-        leader_only = plugin.get_scope() is PluginScope.LEADER
-        loop = asyncio.get_running_loop()
-        plugin.attach(self)
-        try:
-            while not self._stop_requested:
-                if leader_only and not self.leads(name):
-                    await self._until_leadership_changes(name)
-                    continue
-                started = loop.time()
-                task = asyncio.create_task(plugin.run(self, self.app), name=f"{name}.run")
-                flip = asyncio.ensure_future(self._leader_event(name).wait()) if leader_only else None
-                try:
-                    await asyncio.wait({task} if flip is None else {task, flip}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    flipped = flip is not None and flip.done() and not flip.cancelled()
-                    if flip is not None:
-                        flip.cancel()
-                    if not task.done():
-                        task.cancel()
-                        await asyncio.gather(task, return_exceptions=True)
-                if flipped and not self._stop_requested:
-                    # Leadership changed (lost, maybe regained since): the loop restarts it if we lead.
-                    logger.info("plugin %s stopped: this worker no longer leads its election", name)
-                    continue
-                if task.cancelled() or task.exception() is None:
-                    return
-                if loop.time() - started > 60.0:
-                    failures = 0  # it ran fine for a while: restart quickly again
-                failures += 1
-                delay = min(60.0, 0.5 * 2 ** min(failures, 7))
-                logger.error("plugin %s crashed; restarting in %.1f s", name, delay, exc_info=task.exception())
-                if not await plugin.sleep(delay):
-                    return
-        finally:
-            plugin.attach(None)
-
-    def _leader_event(self, plugin: str) -> asyncio.Event:
-        """An event set at the next change of :meth:`leads` for ``plugin``."""
-        event = self._leader_flips.get(plugin)
-        if event is None:
-            event = self._leader_flips[plugin] = asyncio.Event()
-        return event
-
-    async def _until_leadership_changes(self, plugin: str) -> None:
-        """Wait until this worker gains or loses ``plugin``'s election, or starts stopping."""
-        waiters = {asyncio.ensure_future(self._leader_event(plugin).wait()), asyncio.ensure_future(self.stopping.wait())}
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-
     async def _shutdown(self) -> None:
         self._begin_stop(False)
         stops = [asyncio.ensure_future(e.stop(grace_s=self.grace_s)) for e in self.executors.values()]
@@ -864,12 +663,9 @@ class Worker:
         self._released.extend(self._deferred)
         self._deferred.clear()
         await self._flush_quietly()
-        if self._plugin_tasks:
-            # Plugins see the stop (``sleep`` returns False) and end, writing what they must on the
-            # way out (Leadership hands its leases back); one that does not is cancelled.
-            await asyncio.wait(self._plugin_tasks, timeout=PLUGIN_STOP_S)
-            self._tasks.extend(self._plugin_tasks)
-            self._plugin_tasks.clear()
+        # Plugins saw the stop (``sleep`` returns False) and end, writing what they must on the
+        # way out (Leadership hands its leases back); one that does not is cancelled.
+        await self.plugins.stop()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -951,17 +747,6 @@ def _write_and_claim(store: Store, writes: _Writes, claims: list[_Claim], *, now
             done.claim_error = exc
             break
     return done
-
-
-def _bad_hook_result(changed: object, job: Job) -> str | None:
-    """Why a hook's returned job cannot be written (None when it can)."""
-    if not isinstance(changed, Job):
-        return f"{type(changed).__name__} instead of a Job"
-    if changed.id != job.id:
-        return f"another job (id {changed.id})"
-    if changed.state is JobState.RUNNING:
-        return "state 'running' (only an outcome can be written)"
-    return None
 
 
 def _last_error_message(outcome: Outcome) -> str:

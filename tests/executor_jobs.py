@@ -104,6 +104,17 @@ def check_cancelled_loop(name: str) -> None:
         time.sleep(0.002)
 
 
+def until_stopped() -> str:
+    """Report progress, then poll ``check_cancelled()``: a graceful stop must reach it, even in a child."""
+    ctx = minijobs.current_job()
+    ctx.set_progress(os.getpid())
+    deadline = time.monotonic() + SAFETY_S
+    while time.monotonic() < deadline:
+        ctx.check_cancelled()
+        time.sleep(0.002)
+    return "never told"
+
+
 def exit_first_attempt(code: int) -> str:
     if minijobs.current_job().attempt == 1:
         os._exit(code)
@@ -144,7 +155,7 @@ def pid() -> int:
     return os.getpid()
 
 
-# -- for tests/test_job_failures.py ----------------------------------------------------------
+# -- for tests/test_executor_failures.py ----------------------------------------------------------
 
 
 class CustomBaseException(BaseException):

@@ -48,6 +48,9 @@ def child_main(conn: Connection, modules: list[str], parent_pid: int, max_result
     """Entry point of a child (the ``target`` of its spawn-context ``Process``)."""
     # Ctrl-C reaches the whole process group: the parent decides when jobs stop, not the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if STOP_SIGNAL is not None:
+        # Installed before "ready": until then no job is sent, so the parent never signals earlier.
+        signal.signal(STOP_SIGNAL, _on_stop_signal)
     _exit_with_parent(parent_pid)
     import_errors: dict[str, BaseException] = {}
     for name in modules:
@@ -80,6 +83,20 @@ def child_main(conn: Connection, modules: list[str], parent_pid: int, max_result
             return  # the parent is gone
         except Exception as exc:  # noqa: BLE001 - execute's answer is always sendable; if not, say why, stay up
             send(["error", spec["id"], describe_exception(exc)])
+
+
+#: What the parent sends a child whose job should see its worker's graceful stop (``current_job().cancelled``).
+STOP_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
+
+#: The context of the job this child runs now (a child runs one job at a time, in its main thread).
+_running: JobContext | None = None
+
+
+def _on_stop_signal(signum: int, frame: object) -> None:
+    """The worker began a graceful stop: the running job sees ``cancelled`` (between jobs: nothing to do)."""
+    ctx = _running
+    if ctx is not None:
+        ctx._request_cancel()
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -130,7 +147,10 @@ def execute(
             unique_key=spec["unique_key"],
             rescues=spec["rescues"],
         )
-        token = set_current(JobContext(job, on_progress=on_progress))
+        global _running
+        ctx = JobContext(job, on_progress=on_progress)
+        token = set_current(ctx)
+        _running = ctx
         try:
             result = func(*args, **kwargs)
             if inspect.isawaitable(result):
@@ -139,6 +159,7 @@ def execute(
                 if error is not None:
                     raise error
         finally:
+            _running = None
             reset_current(token)
         text = None if result is None else payload.encode(
             result, what=f"result of job {job_id} ({spec['name']})", max_bytes=max_result_bytes

@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 from ..context import reset_current, set_current
 from ..job import Job
 from ._pool import DaemonThreadPool
-from .base import CancelReason, Executor, call_capturing
+from .base import CancelReason, Executor, ExecutorHost, call_capturing
 
 #: Whether ``asyncio.Task`` takes ``eager_start`` (Python 3.12+).
 _EAGER = sys.version_info >= (3, 12)
 
 if TYPE_CHECKING:
     from ..queue import Queue
-    from ..worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +35,15 @@ logger = logging.getLogger(__name__)
 class AsyncExecutor(Executor):
     """Runs jobs as asyncio tasks; ``sync_threads`` bounds the pool used for plain ``def`` jobs."""
 
-    def __init__(self, worker: Worker, queue: Queue, *, sync_threads: int = 8) -> None:
-        super().__init__(worker, queue)
+    def __init__(self, host: ExecutorHost, queue: Queue, *, sync_threads: int = 8) -> None:
+        super().__init__(host, queue)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._reasons: dict[int, CancelReason] = {}
         self._sync_threads = sync_threads
         self._pool: DaemonThreadPool | None = None
         #: Jobs whose plain ``def`` function is running in a pool thread (touched only in the loop thread).
         self._in_thread: set[int] = set()
-        #: ``inspect.iscoroutinefunction`` per function, asked once rather than per job (~2 us).
+        #: ``inspect.iscoroutinefunction`` per function, asked once per function rather than per job (it walks the function's wrappers).
         self._is_async: dict[Any, bool] = {}
 
     def push(self, job: Job) -> None:
@@ -53,11 +52,11 @@ class AsyncExecutor(Executor):
             # Python 3.12+: the job runs until its first real suspension right here, so a job that
             # never waits finishes without a trip through the loop's ready queue.  The task is still
             # a real task from its first step (current_task(), timeouts and TaskGroups work).
-            task = asyncio.Task(self._run(job), loop=self.worker.loop, eager_start=True)  # type: ignore[call-arg]
+            task = asyncio.Task(self._run(job), loop=self.host.loop, eager_start=True)  # type: ignore[call-arg]
             if task.done():
                 return
         else:
-            task = self.worker.loop.create_task(self._run(job))
+            task = self.host.loop.create_task(self._run(job))
         self._tasks[job.id] = task
 
     async def _run(self, job: Job) -> None:
@@ -65,7 +64,7 @@ class AsyncExecutor(Executor):
         token = set_current(ctx)
         timer = None
         if job.timeout_s is not None:
-            timer = self.worker.loop.call_later(job.timeout_s, functools.partial(self.cancel, job.id, reason="timeout"))
+            timer = self.host.loop.call_later(job.timeout_s, functools.partial(self.cancel, job.id, reason="timeout"))
         exc: BaseException | None = None
         result: Any = None
         stopped_for: CancelReason | None = None
@@ -126,7 +125,7 @@ class AsyncExecutor(Executor):
         if self._pool is None:
             self._pool = DaemonThreadPool(self._sync_threads, thread_name_prefix=f"minijobs-{self.queue.name}")
         call = functools.partial(contextvars.copy_context().run, call_capturing, func, args, kwargs)
-        outcome: tuple[BaseException | None, Any] = await self.worker.loop.run_in_executor(self._pool, call)
+        outcome: tuple[BaseException | None, Any] = await self.host.loop.run_in_executor(self._pool, call)
         return outcome
 
     def cancel(self, job_id: int, *, reason: CancelReason = "cancel") -> None:

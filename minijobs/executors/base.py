@@ -45,7 +45,7 @@ import logging
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..context import JobContext
 from ..errors import (
@@ -57,31 +57,95 @@ from ..errors import (
     PayloadValueError,
     UnknownJobError,
 )
-from ..job import Job
+from ..job import Job, Progress
 from ..payload import utf8_safe
 
 if TYPE_CHECKING:
     from ..queue import Queue
-    from ..worker import Worker
+    from ..registry import JobFunction
 
 CancelReason = Literal["cancel", "timeout", "shutdown", "lost"]
 
 logger = logging.getLogger(__name__)
 
 
-class Executor(ABC):
-    """Runs the jobs of one queue inside a worker."""
+class ExecutorHost(Protocol):
+    """What an executor may use of the worker that runs it, and nothing more.
 
-    def __init__(self, worker: Worker, queue: Queue, **options: Any) -> None:
+    The worker implements it; an executor never reaches the app, the store or
+    the registry behind it, so that a worker can change (another store, another
+    loop layout) without touching executors, and a test can host one alone.
+    Everything but :meth:`call_soon` and :meth:`report_progress` is for the
+    worker's loop thread.
+    """
+
+    #: Set when the worker must stop without waiting for running jobs.
+    hurried: asyncio.Event
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's event loop (timers, readers, ``run_in_executor``)."""
+        ...
+
+    @property
+    def is_stopping(self) -> bool:
+        """True once the worker's stop began: a job pushed now must see itself cancelled."""
+        ...
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """Largest encoded result a job may return (what a process child checks before sending it)."""
+        ...
+
+    def in_loop_thread(self) -> bool: ...
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback`` in the loop thread (from any thread)."""
+        ...
+
+    def wake(self) -> None:
+        """Say a slot is free (the worker claims again)."""
+        ...
+
+    def report_progress(self, job_id: int, progress: Progress, text: str | None = None) -> None:
+        """Note a running job's progress (any thread)."""
+        ...
+
+    def job_function(self, name: str) -> JobFunction[..., Any] | None:
+        """The function registered for job ``name`` in this process."""
+        ...
+
+    def job_modules(self) -> set[str]:
+        """The modules defining the registered job functions (what a child process imports)."""
+        ...
+
+    def job_starting(self, job: Job) -> Job:
+        """The job as it will run (plugins may replace it)."""
+        ...
+
+    def job_completed(self, job: Job, *, exc: BaseException | None, result: Any) -> None:
+        """Record the end of an attempt (its outcome is decided and written by the worker)."""
+        ...
+
+
+class Executor(ABC):
+    """Runs the jobs of one queue inside a worker, through the worker's :class:`ExecutorHost` side."""
+
+    def __init__(self, host: ExecutorHost, queue: Queue, **options: Any) -> None:
         if options:
             raise TypeError(f"{type(self).__name__} takes no options, got {sorted(options)}")
-        self.worker = worker
+        self.host = host
         self.queue = queue
         self.concurrency: int = queue.concurrency or self.get_default_concurrency()
         #: Jobs pushed and not yet completed, by id (touched only in the worker's loop thread).
         self.running: dict[int, Job] = {}
         self.contexts: dict[int, JobContext] = {}
         self._idle: asyncio.Future[None] | None = None
+
+    @property
+    def worker(self) -> ExecutorHost:
+        """The same object as :attr:`host` (the name executors written before it used)."""
+        return self.host
 
     @classmethod
     def get_default_concurrency(cls) -> int:
@@ -113,7 +177,7 @@ class Executor(ABC):
 
     def get_function_and_kwargs(self, job: Job) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         """Look the job's function up in the app's registry (never import a stored name)."""
-        registered = self.worker.app.registry.get(job.name)
+        registered = self.host.job_function(job.name)
         if registered is None:
             raise UnknownJobError(
                 f"no job named {job.name!r} is registered in this process; "
@@ -125,9 +189,9 @@ class Executor(ABC):
 
     def make_context(self, job: Job, *, on_progress: Callable[..., None] | None = None) -> JobContext:
         """The job's context, registered for cancellation; ``on_progress`` defaults to the worker's."""
-        ctx = JobContext(job, on_progress=self.worker.report_progress if on_progress is None else on_progress)
+        ctx = JobContext(job, on_progress=self.host.report_progress if on_progress is None else on_progress)
         self.contexts[job.id] = ctx
-        if self.worker.is_stopping:
+        if self.host.is_stopping:
             ctx._request_cancel()  # pushed just before the stop began: it must see the stop as well
         return ctx
 
@@ -137,7 +201,7 @@ class Executor(ABC):
         Called when the worker starts a graceful stop, so that cooperative jobs
         (``current_job().cancelled``, ``check_cancelled()``) end it early.  A job
         may still finish within ``grace_s``, and then what it returns is written.
-        Jobs without a context here (a child process's) do not see it.
+        Executors whose jobs have no context here (a process child's) tell them their own way.
         """
         for ctx in self.contexts.values():
             ctx._request_cancel()
@@ -145,20 +209,20 @@ class Executor(ABC):
 
     def on_job_starting(self, job: Job) -> Job:
         """Record ``job`` as running and let plugins see (and replace) it."""
-        job = self.worker.job_starting(job)
+        job = self.host.job_starting(job)
         self.running[job.id] = job
         return job
 
     def on_job_completed(self, job: Job, exc: BaseException | None = None, result: Any = None) -> None:
         """Report the end of an attempt; safe to call from any thread."""
-        if not self.worker.in_loop_thread():
-            self.worker.call_soon(self.on_job_completed, job, exc, result)
+        if not self.host.in_loop_thread():
+            self.host.call_soon(self.on_job_completed, job, exc, result)
             return
         if self.running.pop(job.id, None) is None:
             return  # already reported (e.g. a late result after a timeout)
         self.contexts.pop(job.id, None)
         try:
-            self.worker.job_completed(job, exc=exc, result=result)
+            self.host.job_completed(job, exc=exc, result=result)
         except Exception as error:  # noqa: BLE001 - one broken outcome must not stop the caller's other work
             self._record_stand_in(job, exc, error)
 
@@ -169,7 +233,7 @@ class Executor(ABC):
                      job.id, job.name, job.attempts, what, _safe_text(f"{type(error).__name__}: ", error),
                      exc_info=error, extra={"job_id": job.id})
         try:
-            self.worker.job_completed(job, exc=stand_in(exc, error), result=None)
+            self.host.job_completed(job, exc=stand_in(exc, error), result=None)
         except Exception:  # nothing left to try; the job's lease will expire and it reruns
             logger.exception("job %d: not even a stand-in failure could be recorded; the job runs again once its "
                              "lease expires", job.id, extra={"job_id": job.id})
@@ -204,7 +268,7 @@ class Executor(ABC):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         pending: set[asyncio.Future[Any]] = {asyncio.ensure_future(f) for f in futures}
-        hurry = asyncio.ensure_future(self.worker.hurried.wait())
+        hurry = asyncio.ensure_future(self.host.hurried.wait())
         try:
             while pending and not hurry.done():
                 remaining = deadline - loop.time()

@@ -33,11 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..context import JobContext
 from ..job import Job, Progress
-from .base import CancelReason, Executor
+from .base import CancelReason, Executor, ExecutorHost
 
 if TYPE_CHECKING:
     from ..queue import Queue
-    from ..worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +63,8 @@ class ConcurrentExecutor(Executor):
     :meth:`interrupt` to hurry a call that was abandoned.
     """
 
-    def __init__(self, worker: Worker, queue: Queue, **options: Any) -> None:
-        super().__init__(worker, queue, **options)
+    def __init__(self, host: ExecutorHost, queue: Queue, **options: Any) -> None:
+        super().__init__(host, queue, **options)
         self.pool: concurrent.futures.Executor | None = None
         self._calls: dict[int, Call] = {}
         self._abandoned: set[Call] = set()
@@ -110,7 +109,7 @@ class ConcurrentExecutor(Executor):
         call.ctx = self.make_context(job, on_progress=functools.partial(self._progress_from_pool, call))
         self._calls[job.id] = call
         if job.timeout_s is not None:
-            call.timer = self.worker.loop.call_later(
+            call.timer = self.host.loop.call_later(
                 job.timeout_s, functools.partial(self.cancel, job.id, reason="timeout")
             )
         try:
@@ -158,7 +157,7 @@ class ConcurrentExecutor(Executor):
             if self._hop_pending:
                 return
             self._hop_pending = True
-        self.worker.call_soon(self._drain_inbox)
+        self.host.call_soon(self._drain_inbox)
 
     # -- in the loop thread --------------------------------------------------
 
@@ -185,7 +184,7 @@ class ConcurrentExecutor(Executor):
         if is_progress:
             if not call.abandoned:
                 progress, text = value
-                self.worker.report_progress(call.job.id, progress, text)
+                self.host.report_progress(call.job.id, progress, text)
         elif call.abandoned:
             self._abandoned.discard(call)
             logger.info(
@@ -193,7 +192,7 @@ class ConcurrentExecutor(Executor):
                 call.job.id, call.job.attempts, "error" if exc is not None else "result",
                 extra={"job_id": call.job.id},
             )
-            self.worker.wake()  # its slot is free again
+            self.host.wake()  # its slot is free again
         else:
             self._settle(call, exc, value)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import payload
 from ._child import encode_message, run_in_interpreter
+from .base import ExecutorHost
 from .concurrent import Call, ConcurrentExecutor
 from .process import job_spec, locate_function, rebuild_exception
 
@@ -31,14 +32,13 @@ if not hasattr(concurrent.futures, "InterpreterPoolExecutor"):
 
 if TYPE_CHECKING:
     from ..queue import Queue
-    from ..worker import Worker
 
 
 class InterpreterExecutor(ConcurrentExecutor):
     """``Queue("cpu", executor=InterpreterExecutor, concurrency=4)``: one subinterpreter per slot."""
 
-    def __init__(self, worker: Worker, queue: Queue) -> None:
-        super().__init__(worker, queue)
+    def __init__(self, host: ExecutorHost, queue: Queue) -> None:
+        super().__init__(host, queue)
         self._targets: dict[str, tuple[str, str]] = {}
 
     @classmethod
@@ -58,7 +58,7 @@ class InterpreterExecutor(ConcurrentExecutor):
             target = self._targets[job.name] = locate_function(job.name, func)
         spec = encode_message(job_spec(job, target, args, kwargs)).decode()
         assert self.pool is not None
-        future = self.pool.submit(run_in_interpreter, spec, self.worker.app.max_payload_bytes)
+        future = self.pool.submit(run_in_interpreter, spec, self.host.max_payload_bytes)
         future.add_done_callback(functools.partial(self._interpreter_done, call))
 
     def _interpreter_done(self, call: Call, future: concurrent.futures.Future[str]) -> None:

@@ -48,15 +48,14 @@ from .. import errors, payload
 from ..errors import ConfigurationError, ProcessDiedError, RemoteJobError, UnknownJobError
 from ..job import Job, Progress
 from ..registry import JobFunction
-from ._child import child_main, encode_message
-from .base import CancelReason, Executor, TracebackText
+from ._child import STOP_SIGNAL, child_main, encode_message
+from .base import CancelReason, Executor, ExecutorHost, TracebackText
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
     from ..queue import Queue
-    from ..worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +97,14 @@ class ProcessExecutor(Executor):
 
     def __init__(
         self,
-        worker: Worker,
+        host: ExecutorHost,
         queue: Queue,
         *,
         preload: Sequence[str] = (),
         max_jobs_per_child: int | None = None,
         start_timeout_s: float = 60.0,
     ) -> None:
-        super().__init__(worker, queue)
+        super().__init__(host, queue)
         if isinstance(preload, str) or not all(isinstance(m, str) and m for m in preload):
             raise ConfigurationError(f"queue {queue.name!r}: preload must be a list of module names, got {preload!r}")
         if max_jobs_per_child is not None and (
@@ -179,14 +178,14 @@ class ProcessExecutor(Executor):
         child.job = job
         self._by_job[job.id] = child
         if job.timeout_s is not None:
-            child.timer = self.worker.loop.call_later(
+            child.timer = self.host.loop.call_later(
                 job.timeout_s, functools.partial(self.cancel, job.id, reason="timeout")
             )
 
     def _spawn(self) -> bool:
-        loop = self.worker.loop
+        loop = self.host.loop
         modules = sorted(
-            {m for f in self.worker.app.registry.values() if isinstance(m := getattr(f.func, "__module__", None), str)}
+            self.host.job_modules()
             - {"__main__"}
             | set(self.preload)
         )
@@ -194,7 +193,7 @@ class ProcessExecutor(Executor):
         self.started_children += 1
         proc = _SPAWN.Process(
             target=child_main,
-            args=(child_conn, modules, os.getpid(), self.worker.app.max_payload_bytes),
+            args=(child_conn, modules, os.getpid(), self.host.max_payload_bytes),
             name=f"minijobs-{self.queue.name}-{self.started_children}",
             daemon=False,  # a job may start processes of its own
         )
@@ -252,7 +251,7 @@ class ProcessExecutor(Executor):
 
     def _stop_reading(self, child: _Child) -> None:
         if child.fd is not None:
-            self.worker.loop.remove_reader(child.fd)
+            self.host.loop.remove_reader(child.fd)
             child.fd = None
 
     def _on_message(self, child: _Child, data: bytes) -> None:
@@ -270,7 +269,7 @@ class ProcessExecutor(Executor):
         if job is None or job.id != message[1] or child.reason is not None:
             return  # a late word from a job already stopped: its exit reports it
         if kind == "progress":
-            self.worker.report_progress(job.id, Progress(done=message[2], total=message[3], message=message[4]))
+            self.host.report_progress(job.id, Progress(done=message[2], total=message[3], message=message[4]))
             return
         child.job = None
         self._by_job.pop(job.id, None)
@@ -292,7 +291,7 @@ class ProcessExecutor(Executor):
         self._dispatch()
 
     def _on_exit(self, child: _Child) -> None:
-        loop = self.worker.loop
+        loop = self.host.loop
         loop.remove_reader(child.proc.sentinel)
         if child.fd is not None:
             self._on_readable(child)  # words it sent before it died count
@@ -338,7 +337,7 @@ class ProcessExecutor(Executor):
             logger.error("queue %s: %s", self.queue.name, why)
         if self._restart is None and not self._stopping:
             delay = min(MAX_RESTART_DELAY_S, 0.1 * 2 ** (self._start_failures - 1))
-            self._restart = self.worker.loop.call_later(delay, self._restart_now)
+            self._restart = self.host.loop.call_later(delay, self._restart_now)
 
     def _restart_now(self) -> None:
         self._restart = None
@@ -386,6 +385,26 @@ class ProcessExecutor(Executor):
             child.timer.cancel()
             child.timer = None
         _kill(child)
+
+    def flag_stopping(self) -> list[int]:
+        """Tell each child running a job that the worker is stopping (its ``current_job().cancelled``).
+
+        By :data:`~minijobs.executors._child.STOP_SIGNAL` (``SIGUSR1``); where the
+        platform has no such signal the children are not told, and only the
+        grace period and the kill after it end their jobs.
+        """
+        flagged = super().flag_stopping()
+        if STOP_SIGNAL is None:
+            return flagged
+        for job_id, child in self._by_job.items():
+            if child.reason is not None or child.proc.pid is None:
+                continue
+            try:
+                os.kill(child.proc.pid, STOP_SIGNAL)
+            except ProcessLookupError:
+                continue  # it just died: its end is reported through its pipe
+            flagged.append(job_id)
+        return flagged
 
     async def stop(self, *, grace_s: float) -> None:
         loop = asyncio.get_running_loop()

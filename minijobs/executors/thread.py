@@ -29,12 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..context import reset_current, set_current
 from ._pool import DaemonThreadPool
-from .base import await_capturing
+from .base import ExecutorHost, await_capturing
 from .concurrent import Call, ConcurrentExecutor
 
 if TYPE_CHECKING:
     from ..queue import Queue
-    from ..worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +41,8 @@ logger = logging.getLogger(__name__)
 class ThreadExecutor(ConcurrentExecutor):
     """``Queue("io", executor=ThreadExecutor, concurrency=16)``; the pool has exactly ``concurrency`` threads."""
 
-    def __init__(self, worker: Worker, queue: Queue) -> None:
-        super().__init__(worker, queue)
+    def __init__(self, host: ExecutorHost, queue: Queue) -> None:
+        super().__init__(host, queue)
         self._local = threading.local()
         self._loops: list[asyncio.AbstractEventLoop] = []
         self._loops_lock = threading.Lock()

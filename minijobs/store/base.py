@@ -17,7 +17,7 @@ turns them into aware UTC datetimes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, NamedTuple, Protocol
 
 from ..job import Job, JobState
@@ -97,9 +97,19 @@ class LeaseRecord(NamedTuple):
 
 
 class ChangeWatcher(Protocol):
-    """Tells cheaply whether another connection or process committed since the last call."""
+    """Wakes a worker when another connection or process commits (see :meth:`Store.open_watcher`).
 
-    def changed(self) -> bool: ...
+    SQLite's polls ``PRAGMA data_version``, helped by inotify; a PostgreSQL
+    store would ``LISTEN`` on a channel its writes ``NOTIFY``.
+    """
+
+    async def watch(self, on_change: Callable[[], None], *, poll_interval_s: float) -> None:
+        """Call ``on_change`` in the running loop after each foreign commit; runs until cancelled.
+
+        It must never wait on the database's locks (it runs on the host's loop);
+        ``poll_interval_s`` bounds the delay where it has to poll.
+        """
+        ...
 
     def close(self) -> None: ...
 

@@ -57,6 +57,7 @@ from .base import (
     SlotKind,
     Store,
 )
+from .watch import DataVersionWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -577,7 +578,7 @@ class SQLiteStore(Store):
 
         The usual claim is one autocommit statement, as cheap as before the
         waiting index (a transaction around a promotion and the claim would
-        cost ~4 us every time): it takes nothing while a due job still waits,
+        cost a BEGIN and a COMMIT on every claim): it takes nothing while a due job still waits,
         and when it took nothing a probe decides whether to promote and claim
         again, in one transaction.
         """
@@ -990,37 +991,6 @@ class SQLiteStore(Store):
                 f"{self.path} is damaged: PRAGMA {pragma} reported {shown}{more}; restore it from a backup"
             )
         logger.debug("%s: PRAGMA %s ok in %.1f ms", self.path, pragma, (time.perf_counter() - started) * 1000)
-
-
-class DataVersionWatcher:
-    """Detects commits made by other connections through ``PRAGMA data_version``.
-
-    The pragma is answered from the connection's own memory (no disk read, no
-    lock), so polling it every few milliseconds costs next to nothing.
-    """
-
-    def __init__(self, path: str, busy_timeout_s: float) -> None:
-        self._conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
-        self._finalizer = _closing_finalizer(self, self._conn, None)
-        self._last = self._version()
-
-    def _version(self) -> int:
-        return int(self._conn.execute(sql.DATA_VERSION).fetchone()[0])
-
-    def changed(self) -> bool:
-        try:
-            current = self._version()
-        except sqlite3.Error as exc:
-            logger.warning("change detection failed: %s", exc)
-            return True
-        if current != self._last:
-            self._last = current
-            return True
-        return False
-
-    def close(self) -> None:
-        self._finalizer.detach()
-        self._conn.close()
 
 
 def _closing_finalizer(

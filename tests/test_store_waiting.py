@@ -299,7 +299,7 @@ def test_workers_run_delayed_jobs_when_the_clock_reaches_them(app: minijobs.App,
 
 
 def test_v4_database_migrates_to_waiting_flags_and_keeps_rows(db_path: Path) -> None:
-    from test_store_fast_paths import undo_waiting
+    from test_store_sqlite import undo_waiting
 
     app = minijobs.App(db_path, plugins=[])  # the wall clock: the migration flags by it
     noop = _noop(app)

@@ -1,4 +1,4 @@
-"""The foundation contract: store, job API, asyncio worker (issue 2)."""
+"""The App end to end on a real file: store, job API, asyncio worker, retries, cancels, processes."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import executor_jobs
 import pytest
 
 import minijobs
@@ -85,6 +86,29 @@ def test_a_cooperative_job_ends_the_stop_early_and_is_released_untouched(
             leaving = time.monotonic()
         took = time.monotonic() - leaving
     assert took < PROMPT_S, f"leaving app.running() took {took:.1f} s with a job that checks cancellation"
+    stored = app.get(ref.id)
+    assert (stored.state, stored.attempts, stored.progress, stored.errors) == (JobState.PENDING, 0, None, ())
+    said = [r.getMessage() for r in caplog.records if "stopping" in r.getMessage()]
+    assert said == [(f"worker {worker.id} stopping: waiting up to 30.0 s for 1 running job(s) (ids {ref.id}); "
+                     "they see current_job().cancelled")]
+    app.close()
+
+
+def test_a_process_child_sees_the_graceful_stop_and_its_job_is_released_untouched(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = minijobs.App(db_path, queues=[Queue("default", executor=minijobs.ProcessExecutor, concurrency=1)],
+                       plugins=[])
+    job = app.job(name="until_stopped")(executor_jobs.until_stopped)
+    started = threading.Event()
+    app.events.subscribe("job.progress", lambda event: started.set())
+    ref = job.enqueue()
+    with caplog.at_level(logging.INFO, logger="minijobs.worker"):
+        with app.running(grace_s=30, lease_s=5) as worker:
+            assert started.wait(WAIT_S), "the child's job never reported progress"
+            leaving = time.monotonic()
+        took = time.monotonic() - leaving
+    assert took < PROMPT_S, f"leaving app.running() took {took:.1f} s: the child never saw the stop"
     stored = app.get(ref.id)
     assert (stored.state, stored.attempts, stored.progress, stored.errors) == (JobState.PENDING, 0, None, ())
     said = [r.getMessage() for r in caplog.records if "stopping" in r.getMessage()]
