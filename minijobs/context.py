@@ -6,9 +6,10 @@ import contextvars
 import math
 import threading
 from collections.abc import Callable
+from typing import Any, NoReturn
 
 from . import payload
-from .errors import Cancelled, MinijobsError, PayloadTypeError, PayloadValueError
+from .errors import Cancelled, MinijobsError, PayloadTypeError, PayloadValueError, PluginTrigger
 from .job import Job, Progress
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("minijobs_current_job")
@@ -119,6 +120,10 @@ class JobContext:
         """
         if self.cancelled:
             raise Cancelled(f"job {self.job.id} was cancelled")
+
+    def plugin_trigger(self, reason: str, **data: Any) -> NoReturn:
+        """Hand this attempt's outcome to the app's plugins: raises :class:`~minijobs.PluginTrigger`."""
+        raise PluginTrigger(reason, **data)
 
     def set_progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """Report progress; readers see it through ``app.get(id).progress`` and ``job.progress`` events.

@@ -9,6 +9,7 @@ control-flow signals a job raises; they are not failures.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 #: Longest duration accepted anywhere (delays, timeouts, leases, backoff, ``Retry``): a century.
 #: Defined here because ``Retry`` checks it; :mod:`minijobs.limits` holds the other bounds.
@@ -147,6 +148,26 @@ class Retry(Exception):
             raise ConfigurationError(f"Retry delay_s must be a number of seconds from 0 to {MAX_DURATION_S:.0f} "
                                      f"(100 years), got {delay_s!r}")
         self.delay_s = delay_s
+
+
+class PluginTrigger(Exception):
+    """Raised by a job to hand its outcome to the app's plugins: ``raise PluginTrigger("quota", retry_in=60)``.
+
+    Each plugin's :meth:`~minijobs.Plugin.on_job_trigger` sees ``reason`` and
+    ``data`` and may decide the outcome by returning the job with its state
+    and result set (succeeded with a replacement result, say); the first
+    plugin that returns a job decides.  When none does, the attempt fails
+    with this error like with any other (retried while attempts remain).
+    ``current_job().plugin_trigger(reason, **data)`` raises it.  ``data``
+    should be JSON (it crosses to the worker from a process child).
+    """
+
+    def __init__(self, reason: str, **data: Any) -> None:
+        if not isinstance(reason, str) or not reason:
+            raise TypeError(f"PluginTrigger needs a non-empty str reason, got {reason!r}")
+        super().__init__(reason)
+        self.reason = reason
+        self.data = data
 
 
 class Cancelled(Exception):

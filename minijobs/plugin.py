@@ -19,7 +19,7 @@ import math
 import threading
 import types
 from abc import ABC
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from .errors import ConfigurationError
@@ -233,17 +233,43 @@ class Plugin(ABC):
         """The worker this plugin currently runs in (None when not running)."""
         return self._worker
 
-    # -- job hooks (run in the worker's loop thread) -----------------------
+    # -- job hooks (run in the worker's loop thread; each may be ``def`` or ``async def``) -------
 
-    def on_job_starting(self, *, job: Job, worker: Worker) -> Job:
+    def on_job_starting(self, *, job: Job, worker: Worker) -> Job | Awaitable[Job]:
+        """Return the job to run: ``job`` itself or a copy (``job.replace(args=...)``).
+
+        Arguments and meta a hook changes are what the attempt runs with, and
+        are stored with it (``app.get(id)`` shows them).  Plugins are asked in
+        order, each seeing the previous one's job.
+        """
         return job
 
-    def on_job_completed(self, *, job: Job, worker: Worker, exc: BaseException | None, result: Any) -> Job:
-        """``job`` carries the proposed outcome (state, result, errors); return it or a changed copy."""
+    def on_job_trigger(
+        self, *, job: Job, reason: str, data: dict[str, Any], worker: Worker
+    ) -> Job | None | Awaitable[Job | None]:
+        """Decide the outcome of an attempt that raised :class:`~minijobs.PluginTrigger` (QTasks' trigger).
+
+        Return ``job.replace(state=JobState.SUCCEEDED, result=...)`` (or
+        failed, cancelled, retrying with ``scheduled_at``) to decide it, or
+        None to leave it to the next plugin.  When no plugin decides, the
+        attempt fails with the trigger like with any error.
+        """
+        return None
+
+    def on_job_completed(
+        self, *, job: Job, worker: Worker, exc: BaseException | None, result: Any
+    ) -> Job | Awaitable[Job]:
+        """``job`` carries the proposed outcome (state, result, errors); return it or a changed copy.
+
+        What is written stays consistent whatever the copy says: a result
+        only with ``succeeded``, an error recorded for any other end the hook
+        makes of the attempt.
+        """
         return job
 
-    def on_job_updated(self, *, job: Job, worker: Worker) -> None:
+    def on_job_updated(self, *, job: Job, worker: Worker) -> None | Awaitable[None]:
         """Called after the outcome of ``job`` was written to the database."""
+        return None
 
     async def on_drain(self, worker: Worker, app: App) -> None:
         """Called at the start of ``app.drain()`` (e.g. so cron enqueues what is due on a fake clock)."""

@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from .errors import (
     JobFailedError,
     PayloadTypeError,
     PayloadValueError,
+    PluginTrigger,
     StoreError,
 )
 from .executors.aio import AsyncExecutor
@@ -36,7 +37,7 @@ from .job import Job, JobState, Progress, decode_attempt_errors, encode_attempt_
 from .limits import check_duration
 from .outcome import Action
 from .store import Outcome, Store
-from .supervisor import PluginSupervisor
+from .supervisor import PLUGIN_STOP_S, PluginSupervisor
 
 if TYPE_CHECKING:
     from .app import App
@@ -94,6 +95,12 @@ class Worker:
         #: claimed for them until their executor is idle again (see ``_wanted_claims``).
         self._isolated: set[str] = set()
         self._progress: dict[int, tuple[Job, str]] = {}
+        #: Arguments and meta that ``on_job_starting`` hooks changed: ``(job id, attempt, payload, meta)``.
+        self._arguments: list[tuple[int, int, str, str]] = []
+        #: Per queue, claimed jobs whose ``async def`` starting hooks are still awaited (each holds a slot).
+        self._hooking: dict[str, int] = {}
+        #: Tasks awaiting a job's ``async def`` hooks (see :meth:`_spawn`).
+        self._hook_tasks: set[asyncio.Task[None]] = set()
         #: Running jobs someone asked to cancel: their ``Cancelled`` is a cancellation even while stopping.
         self._cancels: set[int] = set()
         self._failure: JobFailedError | None = None
@@ -272,11 +279,52 @@ class Worker:
         self.plugins.set_leader(leader, plugin=plugin)
 
     def job_starting(self, job: Job) -> Job:
-        """The job as it will run: plugins may replace it (see :class:`~minijobs.hooks.JobHooks`)."""
-        job = self.hooks.starting(job, self)
+        """Called by the executor as ``job`` starts (its ``on_job_starting`` hooks ran before the push)."""
         if self.app.events.wants("job.started"):
             self.app.events.emit("job.started", job=job, worker_id=self.id)
         return job
+
+    def _start(self, executor: Executor, job: Job) -> None:
+        """Push a claimed job into its executor once the plugins' ``on_job_starting`` hooks had it."""
+        hooks = self.hooks
+        if not hooks.see_starts:
+            executor.push(job)
+        elif not hooks.starting_is_async:
+            self._push_started(executor, job, hooks.starting(job, self))
+        else:
+            # The job holds its slot while its hooks are awaited (see ``_free_slots``).
+            name = executor.queue.name
+            self._hooking[name] = self._hooking.get(name, 0) + 1
+            self._spawn(self._start_after_hooks(executor, job), f"minijobs-start-{job.id}")
+
+    async def _start_after_hooks(self, executor: Executor, job: Job) -> None:
+        name = executor.queue.name
+        try:
+            changed = await self.hooks.starting_async(job, self)
+        except BaseException:
+            self._released.append(job.id)  # cancelled by the stop: the job goes back untouched
+            raise
+        finally:
+            self._hooking[name] -= 1
+            self._wake_event.set()
+        if self.stopping.is_set():
+            self._released.append(job.id)
+            return
+        self._push_started(executor, job, changed)
+
+    def _push_started(self, executor: Executor, claimed: Job, job: Job) -> None:
+        """Push ``job`` as the hooks left it; arguments or meta they changed are stored with the attempt."""
+        if job is not claimed and (job.args != claimed.args or job.kwargs != claimed.kwargs
+                                   or job.meta != claimed.meta):
+            args, meta = self.hooks.encode_arguments(job)  # checked by the hooks already
+            self._arguments.append((job.id, job.attempts, args, meta))
+        executor.push(job)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a job's awaited hooks as a task that the stop waits for (see :meth:`_settle_hooks`)."""
+        task = self.loop.create_task(coro, name=name)
+        self._hook_tasks.add(task)
+        task.add_done_callback(self._hook_tasks.discard)
 
     def job_completed(self, job: Job, *, exc: BaseException | None, result: Any) -> None:
         """Decide the outcome of an attempt (success, retry, failure, cancel, release) and queue its write."""
@@ -294,6 +342,55 @@ class Worker:
                 result_json = payload.encode(result, what=f"result of job {job.id}", max_bytes=self.app.max_payload_bytes)
             except (PayloadTypeError, PayloadValueError) as error:
                 exc, result = error, None
+        hooks = self.hooks
+        triggered = isinstance(exc, PluginTrigger) and hooks.see_triggers
+        if hooks.ending_is_async and (triggered or hooks.see_outcomes):
+            # Held as in flight until its hooks are done: the stop and drain() wait for it.
+            self._spawn(self._end_after_hooks(job, exc, result, result_json, user_cancel, now), f"minijobs-end-{job.id}")
+            return
+        decided = hooks.trigger(job, exc, self) if triggered else None  # type: ignore[arg-type]
+        base = self._base_outcome(job, exc, result, result_json, user_cancel, now)
+        if base is None:
+            return
+        outcome, proposed = base
+        if decided is not None:
+            outcome, proposed = hooks.outcome_of(job, decided, outcome, now=now, decided_by="on_job_trigger")
+        if hooks.see_outcomes:
+            final = hooks.completed(job, proposed, exc=exc, result=result, worker=self)
+            if final is not proposed:
+                outcome, proposed = hooks.outcome_of(job, final, outcome, now=now, decided_by="on_job_completed")
+        self._queue_outcome(outcome, proposed, exc)
+
+    async def _end_after_hooks(
+        self, job: Job, exc: BaseException | None, result: Any, result_json: str | None, user_cancel: bool, now: float
+    ) -> None:
+        """:meth:`job_completed` for apps with ``async def`` trigger or completion hooks."""
+        hooks = self.hooks
+        decided = None
+        if isinstance(exc, PluginTrigger) and hooks.see_triggers:
+            decided = await hooks.trigger_async(job, exc, self)
+        base = self._base_outcome(job, exc, result, result_json, user_cancel, now)
+        if base is None:
+            return
+        outcome, proposed = written = base
+        try:
+            if decided is not None:
+                outcome, proposed = hooks.outcome_of(job, decided, outcome, now=now, decided_by="on_job_trigger")
+            if hooks.see_outcomes:
+                final = await hooks.completed_async(job, proposed, exc=exc, result=result, worker=self)
+                if final is not proposed:
+                    outcome, proposed = hooks.outcome_of(job, final, outcome, now=now, decided_by="on_job_completed")
+        except Exception:
+            # Hooks that ran on the loop and failed to be applied: the policy's own outcome stands.
+            logger.exception("job %d: the plugins' outcome could not be applied; writing the attempt's own",
+                             job.id, extra={"job_id": job.id})
+            outcome, proposed = written
+        self._queue_outcome(outcome, proposed, exc)
+
+    def _base_outcome(
+        self, job: Job, exc: BaseException | None, result: Any, result_json: str | None, user_cancel: bool, now: float
+    ) -> tuple[Outcome, Job] | None:
+        """The outcome the policy decides, and the job as it would read back; None once released or discarded."""
         registered = self.app.registry.get(job.name)
         decision = outcome_policy.decide(
             job, exc, now=now, stopping=self.stopping.is_set(), cancel_requested=user_cancel,
@@ -303,11 +400,11 @@ class Worker:
             self._progress.pop(job.id, None)  # unflushed progress must not land after the release
             self._released.append(job.id)
             self._wake_event.set()
-            return
+            return None
         if decision.action is Action.DISCARD:
             logger.warning("job %d: lease lost while running; outcome discarded", job.id, extra={"job_id": job.id})
             self._wake_event.set()
-            return
+            return None
         assert decision.state is not None
         progress_entry = self._progress.pop(job.id, None)
         outcome = Outcome(
@@ -321,10 +418,11 @@ class Worker:
             scheduled_at=decision.retry_at,
             progress=progress_entry[1] if progress_entry else None,
         )
-        if self.hooks.see_outcomes:
-            outcome, job = self.hooks.completed(job, outcome, exc=exc, result=result, worker=self, now=now)
-        elif self.hooks.see_writes or self.app.events.wants("job.completed"):
+        if self.hooks.see_outcomes or self.hooks.see_writes or self.app.events.wants("job.completed"):
             job = proposed_job(job, outcome, result)
+        return outcome, job
+
+    def _queue_outcome(self, outcome: Outcome, job: Job, exc: BaseException | None) -> None:
         if exc is not None:  # logged after the hooks, so the line shows the outcome actually written
             # A retry or a cancellation someone asked for is the system working; a failure is not.
             log = logger.info if outcome.state in (JobState.RETRYING, JobState.CANCELLED) else logger.warning
@@ -353,13 +451,15 @@ class Worker:
             # at once would be), so what they read back is the outcome they were told of.
             await self._pass(claim=False)
         wants = self._wanted_claims() if claim else []
-        if not (self._outcomes or self._released or self._progress or wants):
+        if not (self._outcomes or self._released or self._progress or self._arguments or wants):
             return 0, []
+        arguments, self._arguments = self._arguments, []
         batch, self._outcomes = self._outcomes, []
         released, self._released = self._released, []
         progress, self._progress = self._progress, {}
         writes = _Writes(
             owner=self.id,
+            arguments=arguments,
             outcomes=[o for o, _ in batch],
             released=released,
             progress=[(job_id, job.attempts, text) for job_id, (job, text) in progress.items()],
@@ -371,11 +471,15 @@ class Worker:
             # Nothing was written or claimed: keep it all for the next pass (the caller backs off).
             logger.warning("could not write %d job outcomes (will retry): %s", len(batch), done.finish_error)
             self._outcomes[:0] = batch
+            self._arguments[:0] = arguments
             self._released[:0] = released
             self._progress = {**progress, **self._progress}
             raise _Logged(done.finish_error)
+        if done.arguments_error is not None:
+            logger.warning("could not store the arguments on_job_starting hooks gave %d jobs: %s",
+                           len(arguments), done.arguments_error)
         if batch:
-            self._after_finish(batch, done.accepted)
+            await self._after_finish(batch, done.accepted)
         if released:
             if done.release_error is not None:
                 logger.warning("could not release %d jobs (their leases will expire): %s",
@@ -388,7 +492,7 @@ class Worker:
             raise done.claim_error
         return taken
 
-    def _after_finish(self, batch: list[tuple[Outcome, Job]], accepted: list[bool]) -> None:
+    async def _after_finish(self, batch: list[tuple[Outcome, Job]], accepted: list[bool]) -> None:
         events = self.app.events
         want_event = events.wants("job.completed")
         finished_ids: list[int] = []
@@ -407,7 +511,10 @@ class Worker:
                 )
             if want_event or self.hooks.see_writes:
                 snapshot = job if job.state is outcome.state else job.replace(state=outcome.state)
-                self.hooks.updated(snapshot, self)
+                if self.hooks.updated_is_async:
+                    await self.hooks.updated_async(snapshot, self)
+                else:
+                    self.hooks.updated(snapshot, self)
                 if want_event:
                     events.emit("job.completed", job=snapshot, state=outcome.state, worker_id=self.id)
         self.app.notify_finished(finished_ids)
@@ -461,14 +568,14 @@ class Worker:
                     if job.id in executor.running:
                         self._deferred[job.id] = (executor, job)
                         continue
-                executor.push(job)
+                self._start(executor, job)
             claimed += len(jobs)
             if len(jobs) < free and name not in self._isolated:
                 exhausted.append(name)
         return claimed, exhausted
 
     def _in_flight(self) -> int:
-        return sum(len(e.running) for e in self.executors.values()) + len(self._deferred)
+        return sum(len(e.running) for e in self.executors.values()) + len(self._deferred) + len(self._hook_tasks)
 
     def _push_deferred(self, job_id: int) -> None:
         entry = self._deferred.pop(job_id, None)
@@ -478,7 +585,7 @@ class Worker:
         if self.stopping.is_set():
             self._released.append(job.id)
         else:
-            executor.push(job)
+            self._start(executor, job)
         self._wake_event.set()
 
     # -- main ----------------------------------------------------------------
@@ -603,7 +710,8 @@ class Worker:
 
     def _free_slots(self, executor: Executor) -> int:
         """Slots of ``executor`` free for new claims: a deferred claim (see ``_wanted_claims``) holds one."""
-        return executor.free_slots - sum(1 for e, _ in self._deferred.values() if e is executor)
+        held = self._hooking.get(executor.queue.name, 0) if self._hooking else 0
+        return executor.free_slots - held - sum(1 for e, _ in self._deferred.values() if e is executor)
 
     def _is_idle(self, executor: Executor) -> bool:
         """True when ``executor`` runs nothing (abandoned calls and deferred claims included)."""
@@ -651,6 +759,7 @@ class Worker:
 
     async def _shutdown(self) -> None:
         self._begin_stop(False)
+        await self._settle_hooks()
         stops = [asyncio.ensure_future(e.stop(grace_s=self.grace_s)) for e in self.executors.values()]
         while stops:
             done, pending = await asyncio.wait(stops, timeout=0.05)
@@ -677,6 +786,18 @@ class Worker:
                 self.id, len(self._outcomes) + len(self._released),
             )
 
+    async def _settle_hooks(self) -> None:
+        """Let awaited job hooks end (a starting job is then released, an ended one's outcome queued)."""
+        if not self._hook_tasks:
+            return
+        _, pending = await asyncio.wait(set(self._hook_tasks), timeout=PLUGIN_STOP_S)
+        for task in pending:
+            logger.error("worker %s: a plugin hook did not return within %.1f s of the stop (%s); cancelled, the "
+                         "job runs again once its lease expires", self.id, PLUGIN_STOP_S, task.get_name())
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
     async def _flush_quietly(self) -> None:
         try:
             await self._flush()
@@ -697,6 +818,7 @@ class _Writes:
     """What a pass writes: ended attempts, jobs given back, progress as ``(job id, attempt, json)``."""
 
     owner: str
+    arguments: list[tuple[int, int, str, str]]
     outcomes: list[Outcome]
     released: list[int]
     progress: list[tuple[int, int, str]]
@@ -707,6 +829,7 @@ class _Done:
     """What a pass did on the store thread; each phase's failure is reported, not raised."""
 
     accepted: list[bool] = field(default_factory=list)
+    arguments_error: StoreError | None = None
     finish_error: StoreError | None = None
     release_error: StoreError | None = None
     progress_errors: list[tuple[int, StoreError]] = field(default_factory=list)
@@ -724,6 +847,11 @@ def _write_and_claim(store: Store, writes: _Writes, claims: list[_Claim], *, now
     follows.
     """
     done = _Done()
+    if writes.arguments:
+        try:
+            store.set_arguments(writes.owner, writes.arguments)
+        except StoreError as exc:
+            done.arguments_error = exc
     if writes.outcomes:
         try:
             done.accepted = store.finish(writes.outcomes)

@@ -493,7 +493,7 @@ def test_failing_or_bad_hooks_are_logged_and_skipped(db_path: Path, caplog: pyte
     messages = [r.getMessage() for r in caplog.records]
     assert any("tests.broken failed in on_job_starting" in m for m in messages)
     assert any("tests.broken: on_job_completed returned state 'running'" in m for m in messages)
-    assert any("tests.bad_result failed in on_job_completed" in m for m in messages)
+    assert any("tests.bad_result: on_job_completed returned a result that cannot be stored" in m for m in messages)
     assert any("tests.broken failed in on_job_updated" in m for m in messages)
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from .. import payload
 from ..context import JobContext, reset_current, set_current
-from ..errors import public_module
+from ..errors import PluginTrigger, public_module
 from ..job import Job, JobState, Progress
 from ..payload import utf8_safe
 from ..registry import JobFunction
@@ -251,6 +251,12 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
         info["args"] = list(exc.args)
     except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         pass
+    if isinstance(exc, PluginTrigger):
+        try:
+            encode_message(exc.data)
+            info["trigger"] = {"reason": exc.reason, "data": exc.data}
+        except (TypeError, ValueError, RecursionError):
+            info["trigger"] = {"reason": exc.reason, "data": {}}  # the reason still reaches the plugins
     delay = getattr(exc, "delay_s", None)
     if isinstance(delay, int | float) and not isinstance(delay, bool):
         info["delay_s"] = delay

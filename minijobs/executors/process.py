@@ -541,8 +541,12 @@ def rebuild_exception(info: dict[str, Any]) -> BaseException:
     args = info.get("args")
     if module == "minijobs.errors":
         cls = getattr(errors, qualname, None)
+        trigger = info.get("trigger")
         if cls is errors.Retry:
             exc = errors.Retry(info.get("delay_s"), message)
+        elif cls is errors.PluginTrigger and isinstance(trigger, dict):
+            data = trigger.get("data")
+            exc = errors.PluginTrigger(str(trigger.get("reason") or message), **(data if isinstance(data, dict) else {}))
         elif isinstance(cls, type) and issubclass(cls, Exception) and cls is not errors.JobFailedError:
             exc = _construct(cls, message, None)
     elif module == "builtins":

@@ -198,6 +198,14 @@ class Store(ABC):
         """Jobs leased to ``owner`` that someone asked to cancel."""
 
     @abstractmethod
+    def set_arguments(self, owner: str, changes: Sequence[tuple[int, int, str, str]]) -> None:
+        """Store the arguments and meta a running attempt runs with: ``(job id, attempt, payload, meta)``.
+
+        Fenced like :meth:`finish`: only a job still running attempt ``attempt``
+        under ``owner`` is changed (``on_job_starting`` hooks may replace them).
+        """
+
+    @abstractmethod
     def set_progress(self, job_id: int, owner: str, attempt: int, progress_json: str) -> bool: ...
 
     @abstractmethod

@@ -295,6 +295,10 @@ RELEASE = (
 RENEW_LEASES = "UPDATE minijobs_jobs SET lease_expires_at=? WHERE lease_owner=? AND state='running'"
 HELD_LEASES = "SELECT id, cancel_requested FROM minijobs_jobs WHERE lease_owner=? AND state='running'"
 CANCEL_REQUESTED = "SELECT id FROM minijobs_jobs WHERE lease_owner=? AND state='running' AND cancel_requested=1"
+#: Bound as (payload, meta, id, owner, attempt).
+SET_ARGUMENTS = (
+    "UPDATE minijobs_jobs SET payload=?, meta=? WHERE id=? AND lease_owner=? AND attempts=? AND state='running'"
+)
 SET_PROGRESS = "UPDATE minijobs_jobs SET progress=? WHERE id=? AND lease_owner=? AND attempts=? AND state='running'"
 FIRST_DUE_WITH_RESCUES = f"SELECT id, rescues FROM minijobs_jobs WHERE id = ({FIRST_DUE})"
 

@@ -686,6 +686,11 @@ class SQLiteStore(Store):
         with self._read("check cancellations") as conn:
             return {row[0] for row in conn.execute(sql.CANCEL_REQUESTED, (owner,))}
 
+    def set_arguments(self, owner: str, changes: Sequence[tuple[int, int, str, str]]) -> None:
+        with self._write("store changed arguments") as conn:
+            conn.executemany(sql.SET_ARGUMENTS, [(args, meta, job_id, owner, attempt)
+                                                 for job_id, attempt, args, meta in changes])
+
     def set_progress(self, job_id: int, owner: str, attempt: int, progress_json: str) -> bool:
         with self._read("set progress") as conn:
             return conn.execute(sql.SET_PROGRESS, (progress_json, job_id, owner, attempt)).rowcount == 1
